@@ -1,0 +1,358 @@
+"""``proxy.yaml``: loaded once into frozen, validated objects; every problem names its key path.
+
+``load_config`` reads and validates a file; ``load_config_text`` does the same for text. Both
+raise :class:`ConfigError` listing every problem as ``key.path[i]: reason``. Transform entries are
+checked here for shape only; :mod:`proxy.plugin_loader` turns them into transform stages.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
+from yarl import URL
+
+from .units import parse_duration, parse_size
+
+DEFAULT_PATH = "proxy.yaml"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` holds one ``path: reason`` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def default_config_path() -> str:
+    return os.environ.get("PROXY_CONFIG") or DEFAULT_PATH
+
+
+def _workers(value: object) -> object:
+    if value == "auto":
+        return os.cpu_count() or 1
+    return value
+
+
+def _method(value: str) -> str:
+    if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", value):
+        raise ValueError(f"not an HTTP method: {value!r}")
+    return value.upper()
+
+
+def _target(value: str) -> str:
+    try:
+        url = URL(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a URL: {value!r} ({exc})") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"a target must start with http:// or https://, got {value!r}")
+    if not url.host:
+        raise ValueError(f"a target needs a host: {value!r}")
+    if url.raw_path not in ("", "/") or url.raw_query_string or url.raw_fragment:
+        raise ValueError(f"a target is scheme://host[:port] only, without path or query: {value!r}")
+    if url.raw_user or url.raw_password:
+        raise ValueError(f"a target cannot carry credentials: {value!r}")
+    return str(url.origin())
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+Method = Annotated[str, AfterValidator(_method)]
+Target = Annotated[str, AfterValidator(_target)]
+TransformEntry = dict[str, Any]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerTLS(_Model):
+    cert: str
+    key: str
+
+
+class ServerConfig(_Model):
+    host: str = "0.0.0.0"
+    port: Port = 8080
+    workers: Annotated[int, BeforeValidator(_workers), Field(ge=1, le=256)] = 1
+    shutdown_grace: Duration = 30.0
+    max_request_body: Size = 100 * 1024**2
+    max_header_size: Annotated[Size, Field(ge=1024)] = 16 * 1024
+    max_url_length: Annotated[Size, Field(ge=64)] = 8 * 1024
+    max_header_count: Annotated[int, Field(ge=1)] = 100
+    header_timeout: Duration = 30.0
+    keepalive_timeout: Duration = 75.0
+    max_connections: Annotated[int, Field(ge=1)] | None = None
+    tls: ServerTLS | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+class AdminConfig(_Model):
+    host: str = "127.0.0.1"
+    port: Port = 9901
+
+
+class UpstreamTLS(_Model):
+    verify: bool = True
+    ca_file: str | None = None
+
+
+class HealthCheck(_Model):
+    path: str = "/"
+    interval: Duration = 10.0
+    timeout: Duration = 2.0
+
+    @field_validator("path")
+    @classmethod
+    def _slash(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+
+class UpstreamConfig(_Model):
+    targets: Annotated[list[Target], Field(min_length=1)]
+    connect_timeout: Duration = 5.0
+    read_timeout: Duration = 60.0
+    tls: UpstreamTLS = UpstreamTLS()
+    balance: Literal["round_robin", "least_outstanding"] = "round_robin"
+    max_fails: Annotated[int, Field(ge=0)] = 1
+    fail_timeout: Duration = 10.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+    health: HealthCheck | None = None
+
+
+class MatchConfig(_Model):
+    path_prefix: str = "/"
+    host: str | None = None
+    methods: list[Method] | None = None
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        return value.lower() if value else None
+
+
+class RouteConfig(_Model):
+    name: str
+    match: MatchConfig = MatchConfig()
+    upstream: str
+    strip_prefix: bool = False
+    preserve_host: bool = False
+    timeout: Duration | None = None
+    transforms: list[TransformEntry] = []
+    request_transforms: list[TransformEntry] = []
+
+
+class DemoConfig(_Model):
+    host: str = "127.0.0.1"
+    port: Port = 9000
+    interval: Duration = 0.5
+
+
+class Config(_Model):
+    server: ServerConfig = ServerConfig()
+    admin: AdminConfig | None = None
+    upstreams: dict[str, UpstreamConfig]
+    routes: list[RouteConfig]
+    demo: DemoConfig | None = None
+    _chains: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def chains(self, route: str) -> Any:
+        """The built transform stages of a route (a ``plugin_loader.RouteChains``)."""
+        return self._chains[route]
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def key_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """``('routes', 1, 'upstream')`` → ``routes[1].upstream``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _expand(node: Any, loc: tuple[int | str, ...], problems: list[str]) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is not None:
+                return value
+            if m.group(2) is not None:
+                return m.group(2)
+            problems.append(f"{key_path(loc)}: environment variable {m.group(1)!r} is not set")
+            return ""
+
+        return _VAR.sub(sub, node) if "${" in node else node
+    if isinstance(node, dict):
+        return {k: _expand(v, (*loc, k), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, (*loc, i), problems) for i, v in enumerate(node)]
+    return node
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model whose keys live at ``loc`` (for "did you mean" suggestions)."""
+    tp: Any = Config
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(str(part))
+            if field is None:
+                return None
+            tp = field.annotation
+        else:
+            args = typing.get_args(tp)
+            if not args:
+                return None
+            tp = args[-1]
+    tp = _unwrap(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) != 1:
+                return tp
+            tp = args[0]
+        else:
+            return tp
+
+
+def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _describe(err: Any) -> tuple[tuple[int | str, ...], str]:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        model = _model_at(loc[:-1])
+        hint = suggest(key, list(model.model_fields)) if model else ""
+        return loc, f"unknown key{hint}"
+    if kind == "missing":
+        return loc, "required key is missing"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if kind not in ("value_error", "assertion_error") and "input" in err:
+        msg = f"{msg}, got {err['input']!r}"
+    return loc, msg
+
+
+def _check_references(config: Config, problems: list[str]) -> None:
+    known = ", ".join(config.upstreams) or "none"
+    names: dict[str, int] = {}
+    for i, route in enumerate(config.routes):
+        if route.upstream not in config.upstreams:
+            problems.append(
+                f"routes[{i}].upstream: unknown upstream {route.upstream!r} (known: {known})"
+            )
+        if route.name in names:
+            problems.append(
+                f"routes[{i}].name: duplicate route name {route.name!r} "
+                f"(also routes[{names[route.name]}])"
+            )
+        names.setdefault(route.name, i)
+    if (
+        config.admin is not None
+        and (config.admin.host, config.admin.port)
+        == (
+            config.server.host,
+            config.server.port,
+        )
+        and config.server.port != 0
+    ):
+        problems.append("admin.port: the admin listener cannot share the server's address")
+
+
+def validate_data(data: Any) -> Config:
+    """Validate already-parsed YAML data; raise ConfigError with every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): expected a mapping with server, upstreams and routes"])
+    problems: list[str] = []
+    data = _expand(data, (), problems)
+    if problems:
+        raise ConfigError(problems)
+    # Routes without a name get one from their position, so metrics and logs can name them.
+    routes = data.get("routes")
+    if isinstance(routes, list):
+        data["routes"] = [
+            {"name": f"route{i}", **r} if isinstance(r, dict) and "name" not in r else r
+            for i, r in enumerate(routes)
+        ]
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            loc, msg = _describe(err)
+            problems.append(f"{key_path(loc)}: {msg}")
+        raise ConfigError(problems) from None
+    _check_references(config, problems)
+    from .plugin_loader import build_chains  # late: plugins import this module's helpers
+
+    build_chains(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config_text(text: str, source: str = DEFAULT_PATH) -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{source}: {where}{problem}"]) from None
+    return validate_data(data)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc}"]) from None
+    return load_config_text(text, str(path))

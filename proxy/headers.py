@@ -1,0 +1,76 @@
+"""Header rules of a proxy: hop-by-hop removal both ways, forwarding headers, request ids."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+
+HOP_BY_HOP = frozenset(
+    istr(h)
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authorization",
+        "Proxy-Authenticate",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+X_FORWARDED_FOR = istr("X-Forwarded-For")
+X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
+X_FORWARDED_HOST = istr("X-Forwarded-Host")
+X_REQUEST_ID = istr("X-Request-ID")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+def request_id(value: str | None) -> str:
+    """The client's X-Request-ID when it is safe to echo (visible ASCII, ≤ 200), else a new one."""
+    if value and _REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(
+        istr(token.strip()) for value in values for token in value.split(",") if token.strip()
+    )
+
+
+def end_to_end(
+    headers: CIMultiDictProxy[str], drop: frozenset[str] = frozenset(), keep_upgrade: bool = False
+) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers (and those ``Connection`` names), order and repeats kept.
+
+    ``drop`` names further headers to leave out; ``keep_upgrade`` keeps ``Upgrade`` (and a
+    ``Connection: upgrade``) for a WebSocket handshake.
+    """
+    named = _connection_named(headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in headers.items():
+        if key in drop:
+            continue
+        if key in HOP_BY_HOP or key in named:
+            if keep_upgrade and key in ("Upgrade", "Connection"):
+                out.add(key, "upgrade" if key == "Connection" else value)
+            continue
+        out.add(key, value)
+    return out
+
+
+def split_host(host: str) -> str:
+    """The host part of a Host header, lower case, without port or IPv6 brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host

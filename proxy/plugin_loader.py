@@ -1,0 +1,146 @@
+"""Turns the transform entries of ``proxy.yaml`` into ready transform stages.
+
+A name resolves, in order, to a built-in transform, a plugin registered under the entry-point
+group ``proxy.transforms``, or a dotted path ``package.module:attr``. The factory's ``Options``
+model (when it declares one) validates the options with key paths; the factory is then called
+once with them, and a ``ValueError``/``TypeError`` it raises is reported at the entry's path.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from .content_types import DEFAULT_CONTENT_TYPES, ContentTypeMatcher
+from .transform_api import Transform
+
+if TYPE_CHECKING:
+    from .config import Config
+
+ENTRY_POINT_GROUP = "proxy.transforms"
+BUILTINS = {
+    "redact": "plugins.redact:Redact",
+    "tag_lines": "plugins.tag_lines:TagLines",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TransformStage:
+    """One configured transform: what it is, where it was configured, which bodies it takes."""
+
+    name: str
+    transform: Transform
+    content_types: ContentTypeMatcher
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteChains:
+    response: tuple[TransformStage, ...]
+    request: tuple[TransformStage, ...]
+
+
+def _import(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve_factory(name: str) -> Any:
+    """The factory for a transform name; raises LookupError with a helpful message."""
+    from .config import suggest
+
+    if name in BUILTINS:
+        return _import(BUILTINS[name])
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return ep.load()
+    if ":" in name:
+        try:
+            return _import(name)
+        except (ImportError, AttributeError) as exc:
+            raise LookupError(f"cannot import {name!r}: {exc}") from None
+    known = sorted({*BUILTINS, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+    raise LookupError(
+        f"unknown transform {name!r}{suggest(name, known)} "
+        f"(known: {', '.join(known)}; or a dotted path 'package.module:attr')"
+    )
+
+
+def build_stage(entry: Any, path: str, problems: list[str]) -> TransformStage | None:
+    from .config import _describe, key_path
+
+    if not isinstance(entry, dict) or len(entry) != 1:
+        problems.append(f"{path}: a transform entry is a one-key mapping NAME: {{options}}")
+        return None
+    ((name, options),) = entry.items()
+    name = str(name)
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        problems.append(f"{path}.{name}: options must be a mapping")
+        return None
+    options = dict(options)
+    globs = options.pop("content_types", None)
+    if globs is None:
+        globs = DEFAULT_CONTENT_TYPES
+    try:
+        if not isinstance(globs, list | tuple) or not all(isinstance(g, str) for g in globs):
+            raise ValueError("must be a list of media type globs such as 'text/*'")
+        matcher = ContentTypeMatcher(globs)
+    except ValueError as exc:
+        problems.append(f"{path}.{name}.content_types: {exc}")
+        return None
+    try:
+        factory = resolve_factory(name)
+    except LookupError as exc:
+        problems.append(f"{path}: {exc}")
+        return None
+    except Exception as exc:  # a broken plugin module must be a config error, not a traceback
+        problems.append(f"{path}: cannot load transform {name!r}: {exc!r}")
+        return None
+    schema = getattr(factory, "Options", None)
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        try:
+            options = dict(schema.model_validate(options))
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                loc, msg = _describe(err)
+                problems.append(f"{path}.{name}{'.' if loc else ''}{key_path(loc)}: {msg}")
+            return None
+    try:
+        transform = factory(**options)
+    except (ValueError, TypeError) as exc:
+        problems.append(f"{path}.{name}: {exc}")
+        return None
+    except Exception as exc:
+        problems.append(f"{path}.{name}: the transform failed to start: {exc!r}")
+        return None
+    if not callable(transform):
+        problems.append(f"{path}.{name}: the factory returned {transform!r}, not a transform")
+        return None
+    return TransformStage(name=name, transform=transform, content_types=matcher, path=path)
+
+
+def build_chains(config: Config, problems: list[str]) -> dict[str, RouteChains]:
+    """Build every route's stages; record problems; attach the result to ``config``."""
+    chains: dict[str, RouteChains] = {}
+    for i, route in enumerate(config.routes):
+        built: dict[str, list[TransformStage]] = {}
+        for key in ("transforms", "request_transforms"):
+            built[key] = []
+            for j, entry in enumerate(getattr(route, key)):
+                stage = build_stage(entry, f"routes[{i}].{key}[{j}]", problems)
+                if stage is not None:
+                    built[key].append(stage)
+        chains[route.name] = RouteChains(
+            response=tuple(built["transforms"]), request=tuple(built["request_transforms"])
+        )
+    config._chains = chains
+    return chains

@@ -1,0 +1,383 @@
+"""The request driver: one function that knows the phases of a proxied request, in order.
+
+1. admit     — request id; reject CONNECT, absolute-form targets, dot segments, oversize heads
+2. route     — the first matching route (404 when none)
+3. upstream request — end-to-end headers plus X-Forwarded-*, the body streamed (and transformed)
+4. response headers — hop-by-hop removed; the transform plan settles the body headers; prepare()
+5. body      — each upstream chunk through the chain and to the client at once
+6. end       — write_eof on success; on any failure after prepare(), abort the connection
+7. log       — access log line and metrics, whatever happened
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+from .accesslog import AccessLog, AccessRecord
+from .codecs import UnsupportedEncoding
+from .content_types import parse_content_type
+from .errors import (
+    BadRequest,
+    HeadersTooLarge,
+    NoRoute,
+    PayloadTooLarge,
+    ProxyError,
+    UpstreamBodyError,
+    UpstreamBodyTimeout,
+    UpstreamTimeout,
+    error_response,
+)
+from .headers import (
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    X_REQUEST_ID,
+    end_to_end,
+    request_id,
+)
+from .metrics import Metrics
+from .pipeline import BodyPlan, filter_accept_encoding, plan_body, upstream_body
+from .routing import Route, has_dot_segment
+from .transform_api import TransformContext
+from .upstream import BodyState, limited_body
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = logging.getLogger("proxy.relay")
+
+REQUEST_DROP = frozenset(
+    {"Host", "Expect", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-ID"}
+)
+RANGE_HEADERS = frozenset({"Range", "If-Range"})
+NO_BODY_STATUS = frozenset({204, 304})
+
+
+class Relay:
+    """Serves proxied requests against the current :class:`~proxy.runtime.Runtime`."""
+
+    def __init__(self, runtime: Runtime, metrics: Metrics, access_log: AccessLog) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self.access_log = access_log
+        self.active = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        runtime = self.runtime  # requests finish on the config they started with
+        rid = request_id(request.headers.get(X_REQUEST_ID))
+        raw = request.raw_path
+        rec = AccessRecord(request.method, raw.split("?", 1)[0], rid, start)
+        self.active += 1
+        self.idle.clear()
+        self.metrics.active_streams.inc()
+        runtime.users += 1
+        try:
+            return await self._serve(request, runtime, raw, rid, rec)
+        finally:
+            self.active -= 1
+            runtime.users -= 1
+            if not self.active:
+                self.idle.set()
+            self.metrics.active_streams.dec()
+            end = loop.time()
+            self.metrics.request_done(
+                rec.route or "", rec.upstream or "", rec.status, end - start, rec.bytes_out
+            )
+            self.access_log.write(rec, end)
+            runtime.release_if_retired()
+
+    async def _serve(
+        self, request: web.BaseRequest, runtime: Runtime, raw: str, rid: str, rec: AccessRecord
+    ) -> web.StreamResponse:
+        try:
+            route = self._admit(request, runtime, raw)
+            rec.route = route.name
+            rec.upstream = route.upstream
+            timeout = route.timeout
+            if timeout:
+                async with asyncio.timeout(timeout):
+                    return await self._forward(request, runtime, route, raw, rid, rec)
+            return await self._forward(request, runtime, route, raw, rid, rec)
+        except ProxyError as exc:
+            return self._error(request, exc, rid, rec)
+        except TimeoutError:
+            return self._error(
+                request, UpstreamTimeout("the route's total timeout passed"), rid, rec
+            )
+
+    def _error(
+        self, request: web.BaseRequest, exc: ProxyError, rid: str, rec: AccessRecord
+    ) -> web.Response:
+        rec.status = exc.status
+        rec.outcome = exc.outcome
+        if exc.outcome in ("upstream_error", "timeout") and rec.upstream:
+            self.metrics.upstream_errors.labels(rec.upstream, exc.code).inc()
+        resp = error_response(exc, rid)
+        if exc.status == 400 or exc.status == 431:
+            resp.force_close()
+        rec.bytes_out = len(resp.body or b"")  # type: ignore[arg-type]
+        return resp
+
+    # -- phase 1 and 2 ---------------------------------------------------------------------
+
+    def _admit(self, request: web.BaseRequest, runtime: Runtime, raw: str) -> Route:
+        server = runtime.config.server
+        if request.method == "CONNECT":
+            raise BadRequest("CONNECT is not supported: this is a reverse proxy")
+        if not raw.startswith("/"):
+            raise BadRequest("the request target must be a path (origin-form)")
+        if len(raw) > server.max_url_length:
+            raise BadRequest(f"the URL is longer than {server.max_url_length} bytes")
+        if has_dot_segment(raw):
+            raise BadRequest("the path holds a dot segment ('.' or '..')")
+        head = len(request.method) + len(raw) + 12
+        for name, value in request.raw_headers:
+            head += len(name) + len(value) + 4
+        if head > server.max_header_size:
+            raise HeadersTooLarge(f"the request head is larger than {server.max_header_size} bytes")
+        if len(request.raw_headers) > server.max_header_count:
+            raise HeadersTooLarge(f"the request has more than {server.max_header_count} headers")
+        route = runtime.router.match(request.method, request.headers.get("Host"), raw)
+        if route is None:
+            raise NoRoute("no route matches this request")
+        return route
+
+    # -- phase 3 to 6 ----------------------------------------------------------------------
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        route: Route,
+        raw: str,
+        rid: str,
+        rec: AccessRecord,
+    ) -> web.StreamResponse:
+        upstream = runtime.upstreams[route.upstream]
+        limit = runtime.config.server.max_request_body
+        length = request.content_length
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+
+        headers = end_to_end(request.headers, REQUEST_DROP)
+        prior = request.headers.getall(X_FORWARDED_FOR, ())
+        remote = request.remote or ""
+        headers[X_FORWARDED_FOR] = ", ".join((*prior, remote)) if prior else remote
+        headers[X_FORWARDED_PROTO] = request.scheme
+        client_host = request.headers.get("Host")
+        if client_host is not None:
+            headers[X_FORWARDED_HOST] = client_host
+        headers[X_REQUEST_ID] = rid
+        if route.chains.response:
+            for name in RANGE_HEADERS:
+                headers.popall(name, None)
+            accept = filter_accept_encoding(request.headers.get("Accept-Encoding"))
+            headers.popall("Accept-Encoding", None)
+            if accept:
+                headers["Accept-Encoding"] = accept
+
+        body_state = BodyState()
+        body: AsyncIterator[bytes] | None = None
+        request_plan: BodyPlan | None = None
+        if request.body_exists:
+            await self._continue(request)
+            body = limited_body(request.content.iter_any(), limit, body_state)
+            if route.chains.request:
+                ctx = self._context(route, rid, "request", request.headers)
+                try:
+                    request_plan = plan_body(route.chains.request, headers, "*", ctx)
+                except UnsupportedEncoding:
+                    raise BadRequest(
+                        "request transforms cannot decode this request's Content-Encoding"
+                    ) from None
+                if request_plan is not None:
+                    body = request_plan.chain(body)
+        host_header = client_host if route.preserve_host else None
+        path_qs = route.upstream_path(raw)
+
+        upstream_resp: aiohttp.ClientResponse | None = None
+        plan: BodyPlan | None = None
+        response: web.StreamResponse | None = None
+        done = False
+        try:
+            upstream_resp, target = await upstream.send(
+                request.method, path_qs, headers, body, host_header, body_state
+            )
+            rec.target = target.origin
+            try:
+                response, plan = self._response_head(request, route, upstream_resp, rid)
+                rec.status = response.status
+                await response.prepare(request)
+                rec.ttfb = asyncio.get_running_loop().time()
+                if not _has_body(request.method, upstream_resp.status):
+                    await response.write_eof()
+                    done = True
+                    return response
+                await self._relay_body(upstream_resp, response, plan, rec)
+                await response.write_eof()
+                done = True
+                return response
+            finally:
+                target.outstanding -= 1
+        except asyncio.CancelledError:
+            rec.outcome = "client_abort" if request.transport is None else "timeout"
+            raise
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            rec.outcome = "client_abort"
+            if response is None or not response.prepared:
+                raise
+            return response
+        except Exception as exc:
+            if response is None or not response.prepared:
+                if isinstance(exc, ProxyError):
+                    raise
+                log.exception("request failed before its response", extra={"request_id": rid})
+                raise UpstreamBodyError(f"the proxy failed: {exc!r}") from exc
+            self._mid_stream_failure(request, route, exc, rid, rec)
+            return response
+        finally:
+            rec.bytes_in = body_state.received
+            if request_plan is not None:
+                await request_plan.aclose()
+            if plan is not None:
+                await plan.aclose()
+            if upstream_resp is not None:
+                if done:
+                    upstream_resp.release()
+                else:
+                    upstream_resp.close()
+
+    async def _continue(self, request: web.BaseRequest) -> None:
+        expect = request.headers.get("Expect")
+        if expect is None:
+            return
+        if expect.lower() != "100-continue":
+            raise BadRequest(f"unsupported Expect: {expect}")
+        if request.version >= aiohttp.HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _context(self, route: Route, rid: str, direction: str, headers: object) -> TransformContext:
+        metrics = self.metrics
+        name = route.name
+
+        def sink(counter: str, n: int) -> None:
+            if counter == "redactions":
+                metrics.redactions.labels(name).inc(n)
+
+        return TransformContext(
+            route=route.name,
+            upstream=route.upstream,
+            request_id=rid,
+            direction=direction,
+            headers=headers,  # type: ignore[arg-type]
+            sink=sink,
+        )
+
+    def _response_head(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        upstream_resp: aiohttp.ClientResponse,
+        rid: str,
+    ) -> tuple[web.StreamResponse, BodyPlan | None]:
+        headers = end_to_end(upstream_resp.headers)
+        headers[X_REQUEST_ID] = rid
+        plan = None
+        if route.chains.response and _has_body(request.method, upstream_resp.status):
+            ctx = self._context(route, rid, "response", upstream_resp.headers)
+            try:
+                plan = plan_body(
+                    route.chains.response, headers, request.headers.get("Accept-Encoding"), ctx
+                )
+            except UnsupportedEncoding:
+                # Fail closed: a body the transforms cannot read must not pass unredacted.
+                raise UpstreamBodyError(
+                    "the upstream used a Content-Encoding the route's transforms cannot decode"
+                ) from None
+        if parse_content_type(headers.get("Content-Type"))[0] == "text/event-stream":
+            headers["X-Accel-Buffering"] = "no"
+        response = web.StreamResponse(
+            status=upstream_resp.status, reason=upstream_resp.reason, headers=headers
+        )
+        return response, plan
+
+    async def _relay_body(
+        self,
+        upstream_resp: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        plan: BodyPlan | None,
+        rec: AccessRecord,
+    ) -> None:
+        write = response.write
+        sent = 0
+        try:
+            if plan is None:
+                read = upstream_resp.content.readany
+                while True:
+                    try:
+                        chunk = await read()
+                    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                        raise _body_error(exc, timeout=True) from exc
+                    except (aiohttp.ClientError, OSError) as exc:
+                        raise _body_error(exc) from exc
+                    if not chunk:
+                        break
+                    sent += len(chunk)
+                    await write(chunk)
+            else:
+                async for chunk in plan.chain(upstream_body(upstream_resp)):
+                    if chunk:
+                        sent += len(chunk)
+                        await write(chunk)
+        finally:
+            rec.bytes_out = sent
+
+    def _mid_stream_failure(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        exc: BaseException,
+        rid: str,
+        rec: AccessRecord,
+    ) -> None:
+        """After prepare(): abort the client connection so the body never looks complete."""
+        extra = {"request_id": rid, "route": route.name, "upstream": route.upstream}
+        if isinstance(exc, ProxyError):
+            rec.outcome = exc.outcome
+            self.metrics.upstream_errors.labels(route.upstream, exc.code).inc()
+            log.warning("upstream failed mid-body: %s", exc.detail, extra=extra)
+        else:
+            rec.outcome = "transform_error"
+            self.metrics.transform_errors.labels(route.name).inc()
+            log.error("a transform failed mid-body: %r", exc, extra=extra, exc_info=exc)
+        abort(request)
+
+
+def _has_body(method: str, status: int) -> bool:
+    return method != "HEAD" and status not in NO_BODY_STATUS and status >= 200
+
+
+def _body_error(exc: BaseException, timeout: bool = False) -> UpstreamBodyError:
+    if timeout:
+        return UpstreamBodyTimeout("the upstream went silent past read_timeout")
+    return UpstreamBodyError(f"the upstream body broke off: {exc!r}")
+
+
+def abort(request: web.BaseRequest) -> None:
+    """Close the client connection without the final chunk; what was written still flushes."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    with contextlib.suppress(Exception):
+        request.protocol.force_close()  # type: ignore[union-attr]

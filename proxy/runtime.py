@@ -1,0 +1,56 @@
+"""One configuration generation: its router and upstreams, in use until its last request ends.
+
+On reload a new Runtime takes new requests; the old one is *retired* and closes the upstream
+sessions the new one did not carry over once its in-flight requests are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .config import Config
+from .routing import Route, Router
+from .upstream import Upstream
+
+
+class Runtime:
+    def __init__(self, config: Config, previous: Runtime | None = None) -> None:
+        self.config = config
+        self.router = Router([Route(r, config.chains(r.name)) for r in config.routes])
+        self.upstreams: dict[str, Upstream] = {}
+        self._fresh: list[Upstream] = []
+        for name, upstream_config in config.upstreams.items():
+            old = previous.upstreams.get(name) if previous else None
+            if old is not None and old.config == upstream_config:
+                self.upstreams[name] = old  # same settings: keep its pool and health state
+            else:
+                self.upstreams[name] = Upstream(name, upstream_config)
+                self._fresh.append(self.upstreams[name])
+        self.users = 0
+        self.retired = False
+        self._successor: Runtime | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for upstream in self._fresh:
+            await upstream.start()
+
+    def retire(self, successor: Runtime | None) -> None:
+        """Stop taking new requests; close what ``successor`` does not share once idle."""
+        self.retired = True
+        self._successor = successor
+        self.release_if_retired()
+
+    def release_if_retired(self) -> None:
+        if self.retired and self.users == 0 and self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self.close())
+
+    async def close(self) -> None:
+        kept = set(map(id, self._successor.upstreams.values())) if self._successor else set()
+        for upstream in self.upstreams.values():
+            if id(upstream) not in kept:
+                await upstream.close()
+
+    async def closed(self) -> None:
+        if self._closing is not None:
+            await self._closing

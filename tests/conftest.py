@@ -1,0 +1,106 @@
+"""Shared fixtures: the proxy as a real server on loopback, raw-socket helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from proxy.accesslog import AccessLog
+from proxy.config import validate_data
+from proxy.server import ProxyServer
+
+
+class Proxy:
+    """A running proxy under test, with its access log captured."""
+
+    def __init__(self, server: ProxyServer, log: io.StringIO) -> None:
+        self.server = server
+        self._log = log
+
+    @property
+    def port(self) -> int:
+        assert self.server.proxy_port is not None
+        return self.server.proxy_port
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def admin_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.admin_port}{path}"
+
+    def access_log(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self._log.getvalue().splitlines()]
+
+    async def until_logged(self, n: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Wait (bounded) until ``n`` access log lines were written."""
+        async with asyncio.timeout(timeout):
+            while len(self.access_log()) < n:  # noqa: ASYNC110 - the log is a plain buffer
+                await asyncio.sleep(0.01)
+        return self.access_log()
+
+
+MakeProxy = Callable[..., Awaitable[Proxy]]
+
+
+def proxy_config(
+    upstreams: dict[str, Any], routes: list[dict[str, Any]], **server: Any
+) -> dict[str, Any]:
+    ups = {
+        name: ({"targets": value} if isinstance(value, list) else value)
+        for name, value in upstreams.items()
+    }
+    return {
+        "server": {"host": "127.0.0.1", "port": 0, **server},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "upstreams": ups,
+        "routes": routes,
+    }
+
+
+@pytest.fixture
+async def make_proxy() -> AsyncIterator[MakeProxy]:
+    started: list[ProxyServer] = []
+
+    async def factory(
+        upstreams: dict[str, Any], routes: list[dict[str, Any]], **server: Any
+    ) -> Proxy:
+        config = validate_data(proxy_config(upstreams, routes, **server))
+        log = io.StringIO()
+        srv = ProxyServer(config, access_log=AccessLog(stream=log))
+        await srv.start()
+        started.append(srv)
+        return Proxy(srv, log)
+
+    yield factory
+    for srv in started:
+        await srv.stop()
+
+
+def origin(server: Any) -> str:
+    """The http://host:port of a pytest-aiohttp test server."""
+    return f"http://127.0.0.1:{server.port}"
+
+
+async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to 127.0.0.1:port and read until the peer closes (bounded)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        out = b""
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(65536):
+                out += chunk
+        return out
+    finally:
+        writer.close()
+
+
+async def read_head(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
+    async with asyncio.timeout(timeout):
+        return await reader.readuntil(b"\r\n\r\n")
