@@ -88,8 +88,9 @@ async def _transform(config: Config, route_name: str, request: bool, content_typ
     if route_name not in names:
         print(f"--route: unknown route {route_name!r} (known: {', '.join(names)})", file=sys.stderr)
         return EXIT_INVALID
-    route = next(r for r in config.routes if r.name == route_name)
-    chains = config.chains(route_name)
+    index = names.index(route_name)
+    route = config.routes[index]
+    chains = config.chains(index)
     headers: CIMultiDict[str] = CIMultiDict({"Content-Type": content_type})
     ctx = TransformContext(
         route=route_name,

@@ -78,7 +78,7 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Method = Annotated[str, AfterValidator(_method)]
 Target = Annotated[str, AfterValidator(_target)]
-TransformEntry = dict[str, Any]
+TransformEntry = Any  # a one-key mapping NAME: {options}, checked by plugin_loader
 
 
 class _Model(BaseModel):
@@ -183,11 +183,11 @@ class Config(_Model):
     upstreams: dict[str, UpstreamConfig]
     routes: list[RouteConfig]
     demo: DemoConfig | None = None
-    _chains: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _chains: list[Any] = PrivateAttr(default_factory=list)
 
-    def chains(self, route: str) -> Any:
-        """The built transform stages of a route (a ``plugin_loader.RouteChains``)."""
-        return self._chains[route]
+    def chains(self, index: int) -> Any:
+        """The built transform stages of ``routes[index]`` (a ``plugin_loader.RouteChains``)."""
+        return self._chains[index]
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -282,30 +282,42 @@ def _describe(err: Any) -> tuple[tuple[int | str, ...], str]:
     return loc, msg
 
 
-def _check_references(config: Config, problems: list[str]) -> None:
-    known = ", ".join(config.upstreams) or "none"
+def _check_references(data: dict[str, Any], problems: list[str]) -> None:
+    """Cross-references, checked on the raw data so they are reported with any other problem."""
+    upstreams = data.get("upstreams")
+    routes = data.get("routes")
+    if not isinstance(upstreams, dict) or not isinstance(routes, list):
+        return
+    known = ", ".join(map(str, upstreams)) or "none"
     names: dict[str, int] = {}
-    for i, route in enumerate(config.routes):
-        if route.upstream not in config.upstreams:
-            problems.append(
-                f"routes[{i}].upstream: unknown upstream {route.upstream!r} (known: {known})"
-            )
-        if route.name in names:
-            problems.append(
-                f"routes[{i}].name: duplicate route name {route.name!r} "
-                f"(also routes[{names[route.name]}])"
-            )
-        names.setdefault(route.name, i)
-    if (
-        config.admin is not None
-        and (config.admin.host, config.admin.port)
-        == (
-            config.server.host,
-            config.server.port,
-        )
-        and config.server.port != 0
-    ):
-        problems.append("admin.port: the admin listener cannot share the server's address")
+    for i, route in enumerate(routes):
+        if not isinstance(route, dict):
+            continue
+        upstream = route.get("upstream")
+        if isinstance(upstream, str) and upstream not in upstreams:
+            problems.append(f"routes[{i}].upstream: unknown upstream {upstream!r} (known: {known})")
+        name = route.get("name")
+        if isinstance(name, str):
+            if name in names:
+                problems.append(
+                    f"routes[{i}].name: duplicate route name {name!r} (also routes[{names[name]}])"
+                )
+            names.setdefault(name, i)
+
+
+def _structure_problems(exc: ValidationError) -> list[str]:
+    described = [_describe(err) for err in exc.errors(include_url=False)]
+    # "targtes: unknown key (did you mean 'targets'?)" already says that targets is missing.
+    suggested = {
+        (*loc[:-1], msg.split("'")[1])
+        for loc, msg in described
+        if msg.startswith("unknown key (did you mean")
+    }
+    return [
+        f"{key_path(loc)}: {msg}"
+        for loc, msg in described
+        if not (msg == "required key is missing" and loc in suggested)
+    ]
 
 
 def validate_data(data: Any) -> Config:
@@ -323,19 +335,18 @@ def validate_data(data: Any) -> Config:
             {"name": f"route{i}", **r} if isinstance(r, dict) and "name" not in r else r
             for i, r in enumerate(routes)
         ]
+    _check_references(data, problems)
+    config: Config | None = None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
-            loc, msg = _describe(err)
-            problems.append(f"{key_path(loc)}: {msg}")
-        raise ConfigError(problems) from None
-    _check_references(config, problems)
-    from .plugin_loader import build_chains  # late: plugins import this module's helpers
+        problems.extend(_structure_problems(exc))
+    from .plugin_loader import build_chains  # late: the loader uses this module's helpers
 
-    build_chains(config, problems)
-    if problems:
+    chains = build_chains(data.get("routes"), problems)
+    if problems or config is None:
         raise ConfigError(problems)
+    config._chains = chains
     return config
 
 

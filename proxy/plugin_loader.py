@@ -11,15 +11,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from .content_types import DEFAULT_CONTENT_TYPES, ContentTypeMatcher
 from .transform_api import Transform
-
-if TYPE_CHECKING:
-    from .config import Config
 
 ENTRY_POINT_GROUP = "proxy.transforms"
 BUILTINS = {
@@ -128,19 +125,27 @@ def build_stage(entry: Any, path: str, problems: list[str]) -> TransformStage | 
     return TransformStage(name=name, transform=transform, content_types=matcher, path=path)
 
 
-def build_chains(config: Config, problems: list[str]) -> dict[str, RouteChains]:
-    """Build every route's stages; record problems; attach the result to ``config``."""
-    chains: dict[str, RouteChains] = {}
-    for i, route in enumerate(config.routes):
-        built: dict[str, list[TransformStage]] = {}
-        for key in ("transforms", "request_transforms"):
-            built[key] = []
-            for j, entry in enumerate(getattr(route, key)):
+def build_chains(routes: Any, problems: list[str]) -> list[RouteChains]:
+    """Build every route's stages from the raw route list, recording problems."""
+    chains: list[RouteChains] = []
+    if not isinstance(routes, list):
+        return chains
+    for i, route in enumerate(routes):
+        built: dict[str, list[TransformStage]] = {"transforms": [], "request_transforms": []}
+        for key, stages in built.items():
+            entries = route.get(key) if isinstance(route, dict) else None
+            if entries is None:
+                continue
+            if not isinstance(entries, list):
+                problems.append(f"routes[{i}].{key}: must be a list of transform entries")
+                continue
+            for j, entry in enumerate(entries):
                 stage = build_stage(entry, f"routes[{i}].{key}[{j}]", problems)
                 if stage is not None:
-                    built[key].append(stage)
-        chains[route.name] = RouteChains(
-            response=tuple(built["transforms"]), request=tuple(built["request_transforms"])
+                    stages.append(stage)
+        chains.append(
+            RouteChains(
+                response=tuple(built["transforms"]), request=tuple(built["request_transforms"])
+            )
         )
-    config._chains = chains
     return chains

@@ -16,7 +16,7 @@ from .upstream import Upstream
 class Runtime:
     def __init__(self, config: Config, previous: Runtime | None = None) -> None:
         self.config = config
-        self.router = Router([Route(r, config.chains(r.name)) for r in config.routes])
+        self.router = Router([Route(r, config.chains(i)) for i, r in enumerate(config.routes)])
         self.upstreams: dict[str, Upstream] = {}
         self._fresh: list[Upstream] = []
         for name, upstream_config in config.upstreams.items():

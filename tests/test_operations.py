@@ -1,0 +1,184 @@
+"""Admin endpoints, graceful drain, and the real process under signals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from .conftest import MakeProxy, origin
+
+ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
+ROOT = Path(__file__).parent.parent
+
+
+async def test_healthz_and_readyz(aiohttp_server, make_proxy: MakeProxy) -> None:
+    app = web.Application()
+    up = await aiohttp_server(app)
+    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(proxy.admin_url("/healthz")) as r:
+            assert r.status == 200
+        async with s.get(proxy.admin_url("/readyz")) as r:
+            assert r.status == 200
+
+
+async def test_drain_finishes_streams_in_flight_and_refuses_new_ones(
+    aiohttp_server, make_proxy: MakeProxy
+) -> None:
+    release = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"begin\n")
+        async with asyncio.timeout(10):
+            await release.wait()
+        await resp.write(b"end\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", stream)
+    up = await aiohttp_server(app)
+    proxy = await make_proxy({"up": [origin(up)]}, ROUTE, shutdown_grace="10s")
+    async with aiohttp.ClientSession() as s:
+        r = await s.get(proxy.url("/"))
+        assert await r.content.readuntil(b"\n") == b"begin\n"
+        stopping = proxy.server.stop()
+        async with asyncio.timeout(5):
+            while not proxy.server.draining:  # noqa: ASYNC110 - set by the stop task's first step
+                await asyncio.sleep(0)
+        async with s.get(proxy.admin_url("/readyz")) as ready:
+            assert ready.status == 503
+        # Listening has stopped: a new connection is refused.
+        await asyncio.sleep(0)
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", proxy.port)
+        release.set()
+        assert await r.content.read() == b"end\n"  # the stream in flight completed cleanly
+        r.release()
+        await asyncio.wait_for(stopping, 5)
+
+
+async def test_drain_aborts_what_outlives_the_grace(aiohttp_server, make_proxy: MakeProxy) -> None:
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"begin\n")
+        await asyncio.sleep(30)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", endless)
+    up = await aiohttp_server(app)
+    proxy = await make_proxy({"up": [origin(up)]}, ROUTE, shutdown_grace="300ms")
+    async with aiohttp.ClientSession() as s:
+        r = await s.get(proxy.url("/"))
+        assert await r.content.readuntil(b"\n") == b"begin\n"
+        await asyncio.wait_for(proxy.server.stop(), 5)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.content.read()  # cut: not a clean end
+        r.release()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_process(config: Path) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "-c",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert proc.stderr is not None
+    async with asyncio.timeout(20):
+        while b"listening" not in (line := await proc.stderr.readline()):
+            assert line, "the proxy exited before listening"
+    return proc
+
+
+def demo_config(tmp_path: Path, grace: str = "10s") -> tuple[Path, int, int]:
+    port, admin, demo = free_port(), free_port(), free_port()
+    path = tmp_path / "proxy.yaml"
+    path.write_text(
+        f"""
+server: {{host: 127.0.0.1, port: {port}, shutdown_grace: {grace}}}
+admin: {{host: 127.0.0.1, port: {admin}}}
+demo: {{host: 127.0.0.1, port: {demo}, interval: 50ms}}
+upstreams:
+  demo: {{targets: ["http://127.0.0.1:{demo}"]}}
+routes:
+  - name: demo
+    upstream: demo
+"""
+    )
+    return path, port, admin
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_drains_and_exits_0(tmp_path: Path, sig: signal.Signals) -> None:
+    path, port, admin = demo_config(tmp_path)
+    proc = await start_process(path)
+    try:
+        async with aiohttp.ClientSession() as s:
+            r = await s.get(f"http://127.0.0.1:{port}/logs?n=10")
+            assert (await r.content.readuntil(b"\n")).endswith(b"\n")
+            proc.send_signal(sig)
+            body = await asyncio.wait_for(r.content.read(), 10)
+            assert body.count(b"\n") == 9  # the stream in flight finished whole
+            r.release()
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_sighup_reloads_a_valid_config_and_keeps_the_old_on_errors(tmp_path: Path) -> None:
+    path, port, admin = demo_config(tmp_path)
+    proc = await start_process(path)
+    assert proc.stderr is not None
+    try:
+        original = path.read_text()
+        path.write_text(
+            original.replace(
+                "name: demo\n",
+                "name: demo\n    match: {path_prefix: /v2/}\n    strip_prefix: true\n",
+            )
+        )
+        proc.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(10):
+            while b"reloaded" not in await proc.stderr.readline():
+                pass
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{port}/v2/logs?n=1") as r:
+                assert r.status == 200
+            async with s.get(f"http://127.0.0.1:{port}/logs?n=1") as r:
+                assert r.status == 404
+            path.write_text(original.replace("upstream: demo\n", "upstream: gone\n"))
+            proc.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(10):
+                while b"unknown upstream 'gone'" not in await proc.stderr.readline():
+                    pass
+            async with s.get(f"http://127.0.0.1:{port}/v2/logs?n=1") as r:
+                assert r.status == 200  # still the last valid config
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
