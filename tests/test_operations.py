@@ -131,7 +131,7 @@ routes:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_a_signal_drains_and_exits_0(tmp_path: Path, sig: signal.Signals) -> None:
-    path, port, admin = demo_config(tmp_path)
+    path, port, _admin = demo_config(tmp_path)
     proc = await start_process(path)
     try:
         async with aiohttp.ClientSession() as s:
@@ -149,7 +149,7 @@ async def test_a_signal_drains_and_exits_0(tmp_path: Path, sig: signal.Signals) 
 
 
 async def test_sighup_reloads_a_valid_config_and_keeps_the_old_on_errors(tmp_path: Path) -> None:
-    path, port, admin = demo_config(tmp_path)
+    path, port, _admin = demo_config(tmp_path)
     proc = await start_process(path)
     assert proc.stderr is not None
     try:
