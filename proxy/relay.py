@@ -47,6 +47,7 @@ from .pipeline import BodyPlan, filter_accept_encoding, plan_body, upstream_body
 from .routing import Route, has_dot_segment
 from .transform_api import TransformContext
 from .upstream import BodyState, limited_body
+from .websocket import is_websocket_upgrade, relay_websocket
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -170,7 +171,8 @@ class Relay:
         if length is not None and length > limit:
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
 
-        headers = end_to_end(request.headers, REQUEST_DROP)
+        upgrade = is_websocket_upgrade(request)
+        headers = end_to_end(request.headers, REQUEST_DROP, keep_upgrade=upgrade)
         prior = request.headers.getall(X_FORWARDED_FOR, ())
         remote = request.remote or ""
         headers[X_FORWARDED_FOR] = ", ".join((*prior, remote)) if prior else remote
@@ -186,6 +188,12 @@ class Relay:
             headers.popall("Accept-Encoding", None)
             if accept:
                 headers["Accept-Encoding"] = accept
+
+        if upgrade:
+            host = client_host if route.preserve_host else None
+            return await relay_websocket(
+                request, upstream, route.upstream_path(raw), headers, host, rec
+            )
 
         body_state = BodyState()
         body: AsyncIterator[bytes] | None = None
