@@ -1,0 +1,342 @@
+"""M1-M5: what is measured on one peer, once. Each returns a flat dict of numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import load
+import textgen
+from peers import BOTH_CPUS, LOAD_CPU, Peer
+from procs import http_get
+from procstat import CpuMeter, rss_kib, tree
+
+MiB = 1024**2
+Result = dict[str, float]
+
+
+@dataclass
+class Ctx:
+    quick: bool
+    upstream_url: str
+    first_repeat: bool = True
+
+    @property
+    def m1_seconds(self) -> float:
+        return 3.0 if self.quick else 10.0
+
+    @property
+    def m2_downloads(self) -> int:
+        return 5 if self.quick else 10
+
+    @property
+    def slow_size(self) -> int:
+        return 256 * MiB if self.quick else 1024 * MiB
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    better: str = ""  # "higher", "lower" or "" (informative only)
+    digits: int = 1
+    ratio: bool = False  # worth a "this project / peer" ratio
+
+
+@dataclass
+class Measure:
+    id: str
+    title: str
+    columns: dict[str, str]  # table column -> peer name
+    metrics: list[Metric]
+    run: Callable[[Peer, Ctx], Result]
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- M1
+
+
+def _m1(peer: Peer, ctx: Ctx, threads: int, cpus: str) -> Result:
+    assert peer.url is not None
+    url = f"{peer.url}/1k"
+    if ctx.first_repeat:
+        load.wrk(url, 1, 50, threads, cpus)  # warm-up: connections, caches, JIT-free paths
+    meter = CpuMeter(peer.pid) if peer.pid else None
+    if meter:
+        meter.start()
+    res = load.wrk(url, ctx.m1_seconds, 50, threads, cpus)
+    if meter:
+        res["cpu_pct"] = meter.stop()
+    return res
+
+
+def m1(peer: Peer, ctx: Ctx) -> Result:
+    return _m1(peer, ctx, 1, LOAD_CPU)
+
+
+def m1_w2(peer: Peer, ctx: Ctx) -> Result:
+    return _m1(peer, ctx, 2, BOTH_CPUS)
+
+
+# ---------------------------------------------------------------- M2
+
+
+def m2(peer: Peer, ctx: Ctx) -> Result:
+    size = 64 * MiB
+    url = f"{peer.url}/big?size={size}"
+
+    async def go() -> Result:
+        total = secs = 0.0
+        async with load.session(read_bufsize=2**20) as s:
+            if ctx.first_repeat:
+                await load.download(s, url)  # warm-up, not counted
+            for _ in range(ctx.m2_downloads):
+                n, t, _ = await load.download(s, url)
+                if n != size:
+                    raise RuntimeError(f"got {n} bytes of {size}")
+                total += n
+                secs += t
+        return {"mbps": total / secs / load.MB}
+
+    return load.run_async(go(), 30.0 * (ctx.m2_downloads + 1))
+
+
+# ---------------------------------------------------------------- M3
+
+STREAMS, TICKS, INTERVAL = 20, 50, 0.02
+
+
+def m3(peer: Peer, ctx: Ctx) -> Result:
+    url = f"{peer.url}/ticks?n={TICKS}&interval={INTERVAL}"
+
+    async def go() -> list[load.TickStats]:
+        async with load.session() as s:
+            return await asyncio.gather(*(load.tick_stream(s, url) for _ in range(STREAMS)))
+
+    stats = load.run_async(go(), TICKS * INTERVAL + 30)
+    lat = sorted(x / 1e6 for st in stats for x in st.latencies_ns)
+    if not lat:
+        raise RuntimeError("no tick arrived")
+    q = statistics.quantiles(lat, n=100, method="inclusive")
+    return {
+        "p50_ms": q[49],
+        "p99_ms": q[98],
+        "max_ms": lat[-1],
+        "coalesced": sum(st.coalesced for st in stats),
+        "lost": STREAMS * TICKS - len(lat),
+    }
+
+
+# ---------------------------------------------------------------- M4
+
+
+def _rss_sampler(root: int) -> Callable[[], int]:
+    pids = tree(root)
+    return lambda: sum(rss_kib(p) for p in pids)
+
+
+IDLE_STREAMS = 1000
+
+
+def m4_idle(peer: Peer, ctx: Ctx) -> Result:
+    assert peer.pid is not None
+    url = f"{peer.url}/idle?hold=90"
+    sample = _rss_sampler(peer.pid)
+    time.sleep(0.5)
+    base = min(sample() for _ in range(3))
+
+    async def go() -> tuple[int, int]:
+        async with load.session(sock_read=60) as s:
+            return await load.idle_streams(s, url, IDLE_STREAMS, sample, ramp_timeout=40)
+
+    try:
+        opened, after = load.run_async(go(), 90)
+    finally:
+        http_get(f"{ctx.upstream_url}/release")  # ends the upstream side of every idle stream
+        time.sleep(1.0)
+    if opened == 0:
+        raise RuntimeError("no idle stream opened")
+    return {
+        "kib_per_stream": (after - base) / opened,
+        "base_mib": base / 1024,
+        "opened": opened,
+    }
+
+
+def m4_slow(peer: Peer, ctx: Ctx) -> Result:
+    assert peer.pid is not None
+    size, rate = ctx.slow_size, 20 * load.MB
+    url = f"{peer.url}/big?size={size}"
+    sample = _rss_sampler(peer.pid)
+    base = min(sample() for _ in range(3))
+
+    async def go() -> tuple[int, float, list[int]]:
+        async with load.session() as s:
+            return await load.slow_read(s, url, rate, sample)
+
+    n, secs, samples = load.run_async(go(), size / rate + 60)
+    if n != size:
+        raise RuntimeError(f"got {n} bytes of {size}")
+    return {
+        "growth_mib": (max(samples, default=base) - base) / 1024,
+        "base_mib": base / 1024,
+        "read_mbps": n / secs / load.MB,
+    }
+
+
+# ---------------------------------------------------------------- M5
+
+TEXT_SIZE = 64 * MiB
+
+
+@lru_cache(maxsize=3)
+def _reference(kind: str) -> bytes:
+    body = textgen.make_text(TEXT_SIZE)
+    if kind == "tag":
+        return textgen.tag_reference(body)
+    return textgen.redact_reference(
+        body, textgen.PATTERNS_1 if kind == "r1" else textgen.PATTERNS_10
+    )
+
+
+def _fetch_text(peer: Peer, prefix: str, warm: bool) -> tuple[bytes, float]:
+    url = f"{peer.url}/{prefix}/text?size={TEXT_SIZE}"
+
+    async def go() -> tuple[int, float, bytes]:
+        async with load.session(read_bufsize=2**20) as s:
+            if warm:
+                await load.download(s, url)  # warm-up, not counted
+            return await load.download(s, url, keep=True)
+
+    _, secs, body = load.run_async(go(), 300)
+    return body, secs
+
+
+def _m5_redact(peer: Peer, ctx: Ctx, kind: str) -> Result:
+    out, secs = _fetch_text(peer, kind, ctx.first_repeat)
+    planted = textgen.planted(textgen.make_text(TEXT_SIZE))
+    return {
+        "mbps": TEXT_SIZE / secs / load.MB,
+        "leaked": out.count(textgen.LEAK),
+        "redacted": out.count(textgen.REPLACEMENT),
+        "planted": planted,
+        "exact": float(out == _reference(kind)),
+    }
+
+
+def m5_r1(peer: Peer, ctx: Ctx) -> Result:
+    return _m5_redact(peer, ctx, "r1")
+
+
+def m5_r10(peer: Peer, ctx: Ctx) -> Result:
+    return _m5_redact(peer, ctx, "r10")
+
+
+def m5_tag(peer: Peer, ctx: Ctx) -> Result:
+    out, secs = _fetch_text(peer, "tag", ctx.first_repeat)
+    text = textgen.make_text(TEXT_SIZE)
+    lines = text.count(b"\n") + (0 if text.endswith(b"\n") else 1)
+    tag = textgen.TAG
+    at_line_start = out.startswith(tag) + out.count(b"\n" + tag)
+    mid_line = out.count(tag) - at_line_start
+    return {
+        "mbps": TEXT_SIZE / secs / load.MB,
+        "bad_lines": (lines - at_line_start) + mid_line,
+        "exact": float(out == _reference("tag")),
+    }
+
+
+def warm_references() -> None:
+    """Build the M5 reference outputs before timing anything."""
+    for kind in ("r1", "r10", "tag"):
+        _reference(kind)
+
+
+# ---------------------------------------------------------------- the list
+
+STREAM_PEERS = {c: c for c in ("direct", "proxy", "naive", "nginx")}
+PROXY_PEERS = {c: c for c in ("proxy", "naive", "nginx")}
+M5_PEERS = {c: c for c in ("proxy", "naive", "nginx", "nginx-64k")}
+M1_METRICS = [
+    Metric("rps", "req/s", "higher", 0, ratio=True),
+    Metric("p50_ms", "p50 ms", "lower", 2, ratio=True),
+    Metric("p99_ms", "p99 ms", "lower", 2, ratio=True),
+    Metric("cpu_pct", "proxy CPU %", "", 0),
+    Metric("errors", "errors", "lower", 0),
+]
+REDACT_METRICS = [
+    Metric("mbps", "MB/s", "higher", 0, ratio=True),
+    Metric("leaked", "secrets leaked", "lower", 0),
+    Metric("redacted", "[REDACTED] count", "", 0),
+    Metric("planted", "secrets planted", "", 0),
+    Metric("exact", "output = reference", "higher", 0),
+]
+
+MEASURES: list[Measure] = [
+    Measure("M1", "M1 1 KiB responses, keep-alive, 50 conns", STREAM_PEERS, M1_METRICS, m1),
+    Measure(
+        "M2",
+        "M2 64 MiB bodies",
+        STREAM_PEERS | {"nginx-64k": "nginx-64k"},
+        [Metric("mbps", "MB/s", "higher", 0, ratio=True)],
+        m2,
+    ),
+    Measure(
+        "M3",
+        f"M3 {STREAMS} streams x {TICKS} chunks @ {int(INTERVAL * 1000)} ms (latency from send)",
+        STREAM_PEERS,
+        [
+            Metric("p50_ms", "p50 ms", "lower", 2, ratio=True),
+            Metric("p99_ms", "p99 ms", "lower", 2, ratio=True),
+            Metric("max_ms", "max ms", "lower", 2, ratio=True),
+            Metric("coalesced", "coalesced chunks", "lower", 0),
+            Metric("lost", "lost chunks", "lower", 0),
+        ],
+        m3,
+    ),
+    Measure(
+        "M4i",
+        f"M4 {IDLE_STREAMS} idle streams",
+        PROXY_PEERS,
+        [
+            Metric("kib_per_stream", "RSS KiB / stream", "lower", 1, ratio=True),
+            Metric("base_mib", "RSS before, MiB", "", 1),
+            Metric("opened", "streams held", "higher", 0),
+        ],
+        m4_idle,
+    ),
+    Measure(
+        "M4s",
+        "M4 relaying to a 20 MB/s reader",
+        PROXY_PEERS,
+        [
+            Metric("growth_mib", "max RSS growth MiB", "lower", 1),
+            Metric("read_mbps", "reader MB/s", "", 1),
+        ],
+        m4_slow,
+    ),
+    Measure("M5r1", "M5 redact, 1 pattern, 64 MiB text", M5_PEERS, REDACT_METRICS, m5_r1),
+    Measure("M5r10", "M5 redact, 10 patterns, 64 MiB text", M5_PEERS, REDACT_METRICS, m5_r10),
+    Measure(
+        "M5tag",
+        "M5 tag_lines, 64 MiB text",
+        M5_PEERS,
+        [
+            Metric("mbps", "MB/s", "higher", 0, ratio=True),
+            Metric("bad_lines", "mis-tagged lines", "lower", 0),
+            Metric("exact", "output = reference", "higher", 0),
+        ],
+        m5_tag,
+    ),
+    Measure(
+        "M1w2",
+        "M1 with 2 workers (nothing pinned, wrk -t2)",
+        {"proxy": "proxy-w2", "nginx": "nginx-w2"},
+        M1_METRICS,
+        m1_w2,
+    ),
+]

@@ -1,0 +1,294 @@
+"""The proxies under test: how each is configured, started, checked and named.
+
+Every peer serves the same paths: ``/1k``, ``/big``, ``/ticks``, ``/idle`` go to the upstream
+untouched; ``/r1/``, ``/r10/``, ``/tag/`` (prefix stripped) go through the M5 rewrites.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from procs import Proc, ensure_tool, free_port, http_get, pinned, wait_port
+from textgen import LITERALS_10, PATTERNS_1, PATTERNS_10, TAG
+
+REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+PROXY_CPU = "0"  # the proxy under test
+LOAD_CPU = "1"  # upstream, wrk and the Python load client
+BOTH_CPUS = "0,1"
+
+
+@dataclass
+class Peer:
+    """One thing to measure: a base URL and the process tree to watch (None: not a proxy)."""
+
+    name: str
+    url: str | None
+    pid: int | None = None
+    proc: Proc | None = None
+    note: str = ""
+    m5_note: str = ""  # why M5 cannot run on this peer, when it cannot
+    info: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return self.url is not None and (self.proc is None or self.proc.alive())
+
+
+def _smoke(peer: Peer, m5: bool) -> str | None:
+    """None when the peer relays a 1 KiB body (and, with m5, a rewritten text body)."""
+    status, body = http_get(f"{peer.url}/1k")
+    if status != 200 or len(body) != 1024:
+        return f"GET /1k gave {status} with {len(body)} bytes: {body[:200]!r}"
+    if m5:
+        status, body = http_get(f"{peer.url}/r1/text?size=4096")
+        if status != 200 or b"[REDACTED]" not in body:
+            return f"GET /r1/text gave {status}, no [REDACTED] in {body[:200]!r}"
+    return None
+
+
+def _gist(stderr: str) -> str:
+    """The telling line of a stderr tail: a traceback's last line, else the first line."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    return ": " + (lines[-1] if "Traceback" in stderr else lines[0]).strip()[:300]
+
+
+def _started(peer: Peer, port: int, m5: bool, timeout: float = 20.0) -> Peer:
+    """Wait for the port and smoke-test; on failure the peer becomes n/a with the reason."""
+    assert peer.proc is not None
+    ok = wait_port(port, peer.proc, timeout)
+    problem = None if ok else "did not listen"
+    if ok:
+        problem = _smoke(peer, m5)
+    if problem:
+        tail = peer.proc.stderr_tail()
+        rc = peer.proc.popen.poll() if peer.proc.popen else None
+        peer.proc.stop()
+        peer.note = f"n/a: {problem} (exit code {rc}){_gist(tail)}" + (f"\n{tail}" if tail else "")
+        peer.url = None
+    return peer
+
+
+def start_upstream(logdir: Path, lifetime: float) -> tuple[Proc, int]:
+    port = free_port()
+    argv = [sys.executable, str(HERE / "upstream.py"), "--port", str(port)]
+    argv += ["--lifetime", str(int(lifetime))]
+    proc = Proc("upstream", pinned(argv, LOAD_CPU), logdir).start()
+    if not wait_port(port, proc, 60.0):
+        raise RuntimeError(f"upstream did not start:\n{proc.stderr_tail()}")
+    return proc, port
+
+
+def start_naive(logdir: Path, upstream: int) -> Peer:
+    port = free_port()
+    argv = [sys.executable, str(HERE / "naive_proxy.py"), "--port", str(port)]
+    argv += ["--upstream", f"http://127.0.0.1:{upstream}", "--transforms"]
+    proc = Proc("naive", pinned(argv, PROXY_CPU), logdir).start()
+    peer = Peer("naive", f"http://127.0.0.1:{port}", proc.pid, proc)
+    return _started(peer, port, m5=True)
+
+
+# ---------------------------------------------------------------- this project
+
+
+def proxy_config(
+    port: int, admin: int, upstream: int, workers: int, m5: bool = True
+) -> dict[str, object]:
+    def m5_route(name: str, transform: dict[str, object]) -> dict[str, object]:
+        return {
+            "name": name,
+            "match": {"path_prefix": f"/{name}/"},
+            "upstream": "bench",
+            "strip_prefix": True,
+            "transforms": [transform],
+        }
+
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "workers": workers, "shutdown_grace": "2s"},
+        "admin": {"host": "127.0.0.1", "port": admin},
+        "upstreams": {
+            "bench": {
+                "targets": [f"http://127.0.0.1:{upstream}"],
+                "connect_timeout": "5s",
+                "read_timeout": "120s",
+            }
+        },
+        "routes": [
+            *(
+                [
+                    m5_route("r1", {"redact": {"patterns": PATTERNS_1}}),
+                    m5_route("r10", {"redact": {"patterns": PATTERNS_10}}),
+                    m5_route("tag", {"tag_lines": {"tag": TAG.decode()}}),
+                ]
+                if m5
+                else []
+            ),
+            {"name": "plain", "match": {"path_prefix": "/"}, "upstream": "bench"},
+        ],
+    }
+
+
+def _launch_proxy(logdir: Path, upstream: int, workers: int, python: str, m5: bool) -> Peer:
+    name = "proxy" if workers == 1 else f"proxy-w{workers}"
+    port, admin = free_port(), free_port()
+    cfg = logdir / f"{name}{'' if m5 else '-no-m5'}.yaml"
+    conf = proxy_config(port, admin, upstream, workers, m5)
+    cfg.write_text(yaml.safe_dump(conf, sort_keys=False))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    argv = [python, "-m", "proxy", "-c", str(cfg)]
+    cpus = PROXY_CPU if workers == 1 else BOTH_CPUS
+    # stdout carries the access log (kept on, as in production): thrown away
+    proc = Proc(name, pinned(argv, cpus), logdir, cwd=str(REPO), env=env).start()
+    peer = Peer(name, f"http://127.0.0.1:{port}", proc.pid, proc)
+    peer.info = {"config": str(cfg), "admin": f"http://127.0.0.1:{admin}"}
+    return _started(peer, port, m5=m5, timeout=30.0)
+
+
+def start_proxy(logdir: Path, upstream: int, workers: int, python: str) -> Peer:
+    """This project, with the M5 routes; without them (M5 n/a) if they keep it from running."""
+    peer = _launch_proxy(logdir, upstream, workers, python, m5=True)
+    if peer.available:
+        return peer
+    first = peer.note
+    retry = _launch_proxy(logdir, upstream, workers, python, m5=False)
+    if not retry.available:
+        return peer  # fails even without transforms: report the first failure
+    retry.m5_note = "n/a: refused the M5 routes: " + first[5:]
+    return retry
+
+
+def proxy_version(python: str) -> str | None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        r = subprocess.run(
+            [python, "-m", "proxy", "--version"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.decode(errors="replace").strip() if r.returncode == 0 else None
+
+
+# ---------------------------------------------------------------- nginx
+
+
+def _q(s: str) -> str:
+    """An nginx quoted string."""
+    return json.dumps(s)
+
+
+def _m5_locations() -> str:
+    def loc(prefix: str, pairs: list[tuple[str, str]]) -> str:
+        subs = "".join(f"      sub_filter {_q(a)} {_q(b)};\n" for a, b in pairs)
+        return (
+            f"    location /{prefix}/ {{\n"
+            f"      proxy_pass http://bench/;\n"
+            f'      proxy_set_header Accept-Encoding "";\n'
+            f"{subs}"
+            f"      sub_filter_once off;\n"
+            f"      sub_filter_types text/plain;\n"
+            f"    }}\n"
+        )
+
+    red = "[REDACTED]"
+    return (
+        loc("r1", [(PATTERNS_1[0], red)])
+        + loc("r10", [(lit, red) for lit in LITERALS_10])
+        # sub_filter cannot see a line start: "\n" -> "\n[x] " misses the first line
+        + loc("tag", [("\n", "\n" + TAG.decode())])
+    )
+
+
+def nginx_config(workdir: Path, upstream: int, servers: dict[int, str], workers: int) -> str:
+    blocks = ""
+    for port, buffers in servers.items():
+        blocks += (
+            f"  server {{\n"
+            f"    listen 127.0.0.1:{port} backlog=4096;\n"
+            f"    proxy_http_version 1.1;\n"
+            f'    proxy_set_header Connection "";\n'
+            f"    proxy_buffering off;\n"
+            f"{buffers}"
+            f"    location / {{ proxy_pass http://bench; }}\n"
+            f"{_m5_locations()}"
+            f"  }}\n"
+        )
+    w = workdir
+    return (
+        f"worker_processes {workers};\n"
+        f"daemon off;\n"
+        f"pid {w}/nginx.pid;\n"
+        f"error_log {w}/error.log warn;\n"
+        f"worker_rlimit_nofile 16384;\n"
+        f"events {{ worker_connections 8192; }}\n"
+        f"http {{\n"
+        f"  access_log /dev/null;\n"
+        f"  client_body_temp_path {w}/body;\n"
+        f"  proxy_temp_path {w}/proxy;\n"
+        f"  fastcgi_temp_path {w}/fastcgi;\n"
+        f"  uwsgi_temp_path {w}/uwsgi;\n"
+        f"  scgi_temp_path {w}/scgi;\n"
+        f"  keepalive_requests 1000000;\n"
+        f"  proxy_read_timeout 120s;\n"
+        f"  upstream bench {{\n"
+        f"    server 127.0.0.1:{upstream};\n"
+        f"    keepalive 64;\n"
+        f"    keepalive_requests 1000000;\n"
+        f"  }}\n"
+        f"{blocks}"
+        f"}}\n"
+    )
+
+
+BUFFERS_64K = (
+    "    proxy_buffer_size 64k;\n    proxy_buffers 8 64k;\n    proxy_busy_buffers_size 128k;\n"
+)
+
+
+def start_nginx(logdir: Path, upstream: int, workers: int, log: list[str]) -> list[Peer]:
+    """nginx with default buffers (``nginx``) and 64k buffers (``nginx-64k``) on two ports."""
+    base = "nginx" if workers == 1 else f"nginx-w{workers}"
+    names = [base] if workers > 1 else [base, f"{base}-64k"]
+    binary = ensure_tool("nginx", ["nginx-light", "nginx"], log)
+    if binary is None:
+        return [Peer(n, None, note="n/a: nginx is not installed and could not be") for n in names]
+    workdir = logdir / base
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = [free_port() for _ in names]
+    servers = {ports[0]: ""} | ({ports[1]: BUFFERS_64K} if len(ports) > 1 else {})
+    conf = workdir / "nginx.conf"
+    conf.write_text(nginx_config(workdir, upstream, servers, workers))
+    argv = [binary, "-p", str(workdir), "-c", str(conf)]
+    cpus = PROXY_CPU if workers == 1 else BOTH_CPUS
+    proc = Proc(base, pinned(argv, cpus), logdir).start()
+    peers = []
+    for name, port in zip(names, ports, strict=True):
+        peer = Peer(name, f"http://127.0.0.1:{port}", proc.pid, proc)
+        peers.append(peer)
+        if not wait_port(port, proc, 20.0):
+            peer.url, peer.note = None, f"n/a: nginx did not start: {proc.stderr_tail()}"
+            continue
+        problem = _smoke(peer, m5=True)
+        if problem:
+            peer.url, peer.note = None, f"n/a: {problem}"
+    return peers
+
+
+def direct(upstream: int) -> Peer:
+    """No proxy at all: the client talks to the upstream (the floor of every latency)."""
+    return Peer("direct", f"http://127.0.0.1:{upstream}", None, None)

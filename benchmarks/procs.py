@@ -1,0 +1,193 @@
+"""Child processes of the harness: started in their own session, ended by their own id only."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+_CHILDREN: list[Proc] = []
+_APT_UPDATED = False
+
+
+def _child_setup() -> None:
+    """Runs in the child before exec: its own session, and it dies with the harness."""
+    os.setsid()
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def can_pin() -> bool:
+    return (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+
+
+def pinned(argv: list[str], cpus: str | None) -> list[str]:
+    """``argv`` under ``taskset -c cpus`` (or as is when pinning is off)."""
+    if cpus is None or not can_pin():
+        return argv
+    return ["taskset", "-c", cpus, *argv]
+
+
+class Proc:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        logdir: Path,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.errlog = logdir / f"{name}.stderr"
+        self.outlog = logdir / f"{name}.stdout"
+        self.cwd = cwd
+        self.env = env
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self, stdout_to_null: bool = True) -> Proc:
+        out = subprocess.DEVNULL if stdout_to_null else open(self.outlog, "wb")  # noqa: SIM115
+        with open(self.errlog, "wb") as err:
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=self.cwd,
+                env=self.env,
+                preexec_fn=_child_setup,
+            )
+        if out is not subprocess.DEVNULL:
+            out.close()
+        _CHILDREN.append(self)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stderr_tail(self, limit: int = 3000) -> str:
+        try:
+            data = self.errlog.read_bytes()
+        except OSError:
+            return ""
+        return data[-limit:].decode("utf-8", "replace").strip()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM to the child's own process group, SIGKILL after ``grace`` seconds."""
+        p = self.popen
+        if p is None:
+            return
+        if p.poll() is None:
+            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, sig)  # the group this harness created for it
+                try:
+                    p.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)  # leftovers of the group (e.g. nginx workers)
+        if self in _CHILDREN:
+            _CHILDREN.remove(self)
+
+
+def stop_all() -> None:
+    for proc in reversed(list(_CHILDREN)):
+        with contextlib.suppress(Exception):
+            proc.stop(grace=3.0)
+
+
+atexit.register(stop_all)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: Proc | None, timeout: float = 20.0) -> bool:
+    """Bounded poll until 127.0.0.1:port accepts; False when ``proc`` died or time ran out."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.05) + 1):
+        if proc is not None and not proc.alive():
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError as e:
+        return 0, str(e).encode()
+
+
+def ensure_tool(binary: str, packages: list[str], log: list[str]) -> str | None:
+    """Path of ``binary``; installs it from Debian's archive when missing (root only)."""
+    global _APT_UPDATED
+    found = shutil.which(binary) or next(
+        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.path.exists(p)), None
+    )
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        log.append(f"{binary}: missing, and apt-get is not usable here")
+        return None
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        if not _APT_UPDATED:
+            print("running apt-get update ...", file=sys.stderr, flush=True)
+            subprocess.run(
+                ["apt-get", "update", "-qq"],
+                env=env,
+                timeout=300,
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            _APT_UPDATED = True
+        for pkg in packages:
+            print(f"installing {pkg} ...", file=sys.stderr, flush=True)
+            r = subprocess.run(
+                ["apt-get", "install", "-y", "-qq", pkg],
+                env=env,
+                timeout=600,
+                capture_output=True,
+                check=False,
+            )
+            if r.returncode == 0:
+                break
+            log.append(f"apt-get install {pkg}: {r.stderr.decode(errors='replace')[-300:]}")
+    except subprocess.TimeoutExpired:
+        log.append(f"{binary}: apt-get timed out")
+    return shutil.which(binary) or next(
+        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.path.exists(p)), None
+    )

@@ -1,0 +1,102 @@
+"""Medians, ratios and the Markdown table."""
+
+from __future__ import annotations
+
+import statistics
+
+from measures import Measure, Metric
+
+COLUMNS = ["direct", "proxy", "naive", "nginx", "nginx-64k"]
+SUBJECT = "proxy"  # this project: the ratios are its figure over each peer's
+RATIO_VS = ["naive", "nginx", "nginx-64k"]
+
+Runs = dict[str, dict[str, list[dict[str, float | str]]]]  # measure -> column -> runs
+Medians = dict[str, dict[str, dict[str, float | str]]]  # measure -> column -> metric -> value
+
+
+def medians(measures: list[Measure], runs: Runs) -> Medians:
+    """Median of each metric over the runs that produced it; "n/a" or "error: ..." otherwise."""
+    out: Medians = {}
+    for m in measures:
+        out[m.id] = {}
+        for col, col_runs in runs.get(m.id, {}).items():
+            cell: dict[str, float | str] = {}
+            ok = [r for r in col_runs if "error" not in r and "na" not in r]
+            for metric in m.metrics:
+                values = [float(r[metric.key]) for r in ok if metric.key in r]
+                if values:
+                    # "exact" must hold in every run; anything else: the median
+                    cell[metric.key] = (
+                        min(values) if metric.key == "exact" else statistics.median(values)
+                    )
+            if not ok and col_runs:
+                first = col_runs[0]
+                cell["status"] = str(first.get("na") or f"error: {first.get('error')}")
+            out[m.id][col] = cell
+    return out
+
+
+def _fmt(metric: Metric, value: float | str | None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    if metric.key == "exact":
+        return "yes" if value >= 1 else "no"
+    return f"{value:,.{metric.digits}f}"
+
+
+def _ratio(metric: Metric, mine: object, other: object) -> str:
+    if not metric.ratio or not isinstance(mine, float) or not isinstance(other, float):
+        return ""
+    if other == 0:
+        return ""
+    return f"{mine / other:.2f}x"
+
+
+def table(measures: list[Measure], med: Medians) -> str:
+    head = ["measure", "metric", "better", *COLUMNS] + [f"{SUBJECT} ÷ {c}" for c in RATIO_VS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    arrows = {"higher": "↑", "lower": "↓", "": ""}
+    for m in measures:
+        cells_by_col = med.get(m.id, {})
+        for i, metric in enumerate(m.metrics):
+            row = [m.title if i == 0 else "", metric.label, arrows[metric.better]]
+            for col in COLUMNS:
+                if col not in m.columns:
+                    row.append("")
+                    continue
+                cell = cells_by_col.get(col, {})
+                if "status" in cell:
+                    status = str(cell["status"])
+                    row.append("n/a" if status.startswith("n/a") else "err")
+                else:
+                    row.append(_fmt(metric, cell.get(metric.key)))
+            mine = cells_by_col.get(SUBJECT, {}).get(metric.key)
+            for col in RATIO_VS:
+                other = cells_by_col.get(col, {}).get(metric.key)
+                row.append(_ratio(metric, mine, other) if col in m.columns else "")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def problems(measures: list[Measure], med: Medians) -> list[str]:
+    """One line per cell that has no figure, with its reason."""
+    out = []
+    for m in measures:
+        for col, cell in med.get(m.id, {}).items():
+            if "status" in cell:
+                reason = str(cell["status"]).splitlines()[0][:300]
+                out.append(f"- {m.id} / {col}: {reason}")
+    return out
+
+
+def noisy(runs: Runs, threshold: float = 10.0) -> list[str]:
+    out = []
+    for mid, cols in runs.items():
+        for col, col_runs in cols.items():
+            for i, r in enumerate(col_runs):
+                other = r.get("core0_other_pct")
+                if isinstance(other, float) and other > threshold:
+                    out.append(f"- {mid} / {col} run {i + 1}: core 0 {other:.0f} % busy otherwise")
+    return out

@@ -1,0 +1,286 @@
+"""Benchmarks of this proxy side by side with nginx and a naive aiohttp proxy.
+
+    python benchmarks/run.py [--quick] [--only M1,M2] [--out results.json]
+
+Starts the upstream, every peer and the load generators; pins the proxies under test to core 0
+and the upstream and load to core 1; repeats each measurement, interleaving the peers; prints a
+Markdown table of medians and ratios; writes the raw numbers as JSON. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import measures
+import peers
+import procs
+import report
+from measures import MEASURES, Ctx, Measure
+from peers import Peer
+from procstat import CoreMeter, CpuMeter
+
+HERE = Path(__file__).resolve().parent
+
+
+class BudgetExceeded(BaseException):
+    """The whole run went past its time budget."""
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def select(only: str | None) -> list[Measure]:
+    if not only:
+        return list(MEASURES)
+    tokens = [t.strip() for t in only.split(",") if t.strip()]
+
+    def wanted(mid: str) -> bool:
+        # "M1" picks M1 and M1w2, "M4" picks M4i and M4s, "M5r1" only itself
+        return any(mid == t or (mid.startswith(t) and not mid[len(t)].isdigit()) for t in tokens)
+
+    chosen = [m for m in MEASURES if wanted(m.id)]
+    if not chosen:
+        raise SystemExit(f"--only {only}: no such measure (known: {[m.id for m in MEASURES]})")
+    return chosen
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "n/a"
+    text = (r.stdout + r.stderr).decode(errors="replace").strip().splitlines()
+    return text[0] if text else "n/a"
+
+
+def machine() -> dict[str, str]:
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    import aiohttp
+
+    try:
+        import uvloop
+
+        uv = uvloop.__version__
+    except ImportError:
+        uv = "missing"
+    return {
+        "cpus": str(os.cpu_count()),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "uvloop": uv,
+        "nginx": _version(["nginx", "-v"]),
+        "wrk": _version(["wrk", "-v"]),
+        "pinning": "proxy on core 0, upstream + load on core 1" if procs.can_pin() else "off",
+    }
+
+
+def start_peers(
+    names: set[str], logdir: Path, upstream: int, python: str, log: list[str]
+) -> dict[str, Peer]:
+    out: dict[str, Peer] = {}
+    if "direct" in names:
+        out["direct"] = peers.direct(upstream)
+    if "naive" in names:
+        say("starting naive proxy ...")
+        out["naive"] = peers.start_naive(logdir, upstream)
+    for workers in (1, 2):
+        base = "nginx" if workers == 1 else "nginx-w2"
+        if names & {base, f"{base}-64k"}:
+            say(f"starting {base} ...")
+            for p in peers.start_nginx(logdir, upstream, workers, log):
+                out[p.name] = p
+        name = "proxy" if workers == 1 else "proxy-w2"
+        if name in names:
+            say(f"starting {name} (python -m proxy) ...")
+            out[name] = peers.start_proxy(logdir, upstream, workers, python)
+    for p in out.values():
+        for note in (p.note, p.m5_note):
+            if note:
+                say(f"  {p.name}: {note.splitlines()[0]}")
+                for line in note.splitlines()[1:12]:
+                    say(f"    {line}")
+    return out
+
+
+def _brief(res: dict[str, object]) -> str:
+    if "na" in res:
+        return str(res["na"]).splitlines()[0][:200]
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()]
+    return " ".join(parts)[:300]
+
+
+def run_one(m: Measure, peer: Peer | None, ctx: Ctx, tools: dict[str, bool]) -> dict[str, object]:
+    if peer is None or not peer.available:
+        note = (peer.note if peer else "") or "n/a: not started"
+        if peer is not None and peer.proc is not None and not peer.proc.alive():
+            note = f"n/a: exited; stderr: {peer.proc.stderr_tail(500)}"
+        return {"na": note if note.startswith("n/a") else f"n/a: {note}"}
+    if m.id.startswith("M5") and peer.m5_note:
+        return {"na": peer.m5_note}
+    if m.id.startswith("M1") and not tools["wrk"]:
+        return {"na": "n/a: wrk is not installed"}
+    # how busy the proxy's core was with anything but the peer: the noise of a shared machine
+    core = CoreMeter(int(peers.PROXY_CPU))
+    mine = CpuMeter(peer.pid) if peer.pid else None
+    core.start()
+    if mine:
+        mine.start()
+    t0 = time.monotonic()
+    try:
+        res: dict[str, object] = dict(m.run(peer, ctx))
+    except Exception as e:  # one failed run must not stop the others
+        res = {"error": f"{type(e).__name__}: {e}"[:2000]}
+        if os.environ.get("BENCH_DEBUG"):
+            traceback.print_exc()
+    res["seconds"] = round(time.monotonic() - t0, 2)
+    busy, used = core.stop(), (mine.stop() if mine else 0.0)
+    if procs.can_pin() and not m.id.endswith("w2"):
+        res["core0_other_pct"] = round(max(0.0, busy - used), 1)
+    return res
+
+
+def run(args: argparse.Namespace) -> int:
+    chosen = select(args.only)
+    repeats = args.repeat or (1 if args.quick else 3)
+    cols = {c.strip() for c in args.peers.split(",")} if args.peers else set(report.COLUMNS)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_path = Path(args.out) if args.out else HERE / "results" / f"results-{stamp}.json"
+    logdir = HERE / "results" / f"logs-{stamp}"
+    logdir.mkdir(parents=True, exist_ok=True)
+    install_log: list[str] = []
+    tools = {"wrk": True}
+    if any(m.id.startswith("M1") for m in chosen):
+        tools["wrk"] = procs.ensure_tool("wrk", ["wrk"], install_log) is not None
+        if not tools["wrk"]:
+            say("wrk is missing and could not be installed: M1 is n/a")
+    names = {m.columns[c] for m in chosen for c in m.columns if c in cols}
+    runs: report.Runs = {m.id: {c: [] for c in m.columns if c in cols} for m in chosen}
+    started = dt.datetime.now().isoformat(timespec="seconds")
+    all_peers: dict[str, Peer] = {}
+    try:
+        up_proc, up_port = peers.start_upstream(logdir, lifetime=args.budget + 120)
+        upstream_url = f"http://127.0.0.1:{up_port}"
+        say(f"upstream on {upstream_url} (pid {up_proc.pid})")
+        if any(m.id.startswith("M5") for m in chosen):
+            say("building the M5 reference outputs ...")
+            measures.warm_references()
+        late = {"proxy-w2", "nginx-w2"}  # unpinned: started only for their own measure
+        all_peers = start_peers(names - late, logdir, up_port, args.python, install_log)
+        ctx = Ctx(quick=args.quick, upstream_url=upstream_url)
+        for m in chosen:
+            own: dict[str, Peer] = {}
+            if set(m.columns.values()) & late & names:
+                own = start_peers(
+                    set(m.columns.values()) & late & names,
+                    logdir,
+                    up_port,
+                    args.python,
+                    install_log,
+                )
+                all_peers |= own
+            for r in range(repeats):
+                ctx.first_repeat = r == 0
+                for col in runs[m.id]:
+                    peer = all_peers.get(m.columns[col])
+                    res = run_one(m, peer, ctx, tools)
+                    runs[m.id][col].append(res)  # type: ignore[arg-type]
+                    say(f"[{m.id} {r + 1}/{repeats}] {col:<9} {_brief(res)}")
+            for p in own.values():
+                if p.proc:
+                    p.proc.stop()
+    finally:
+        procs.stop_all()
+
+    med = report.medians(chosen, runs)
+    table = report.table(chosen, med)
+    print(table)
+    issues = report.problems(chosen, med)
+    if issues:
+        print("\nNot measured:\n" + "\n".join(issues))
+    noisy = report.noisy(runs)
+    if noisy:
+        print("\nRuns during which something else kept core 0 busy (> 10 %):\n" + "\n".join(noisy))
+    doc = {
+        "started": started,
+        "argv": sys.argv,
+        "quick": args.quick,
+        "repeats": repeats,
+        "machine": machine(),
+        "peers": {
+            n: {"url": p.url, "note": p.note, "m5_note": p.m5_note, **p.info}
+            for n, p in all_peers.items()
+        },
+        "install_log": install_log,
+        "runs": runs,
+        "medians": med,
+        "table": table,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(doc, indent=2))
+    say(f"\nraw numbers: {out_path}\nlogs: {logdir}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--quick", action="store_true", help="1 repeat, 3 s wrk runs, 256 MiB slow read"
+    )
+    ap.add_argument(
+        "--only", help="comma list of measures: M1 M2 M3 M4 M5 (or M4i, M5r10, M1w2 ...)"
+    )
+    ap.add_argument("--out", help="where to write the raw JSON (default benchmarks/results/)")
+    ap.add_argument("--repeat", type=int, help="repeats per measure (default 3, 1 with --quick)")
+    ap.add_argument("--peers", help=f"comma list of columns to run (default all: {report.COLUMNS})")
+    ap.add_argument("--python", default=sys.executable, help="interpreter for python -m proxy")
+    ap.add_argument("--budget", type=int, help="hard limit for the whole run, seconds")
+    args = ap.parse_args()
+    args.budget = args.budget or (1200 if args.quick else 3600)
+
+    if procs.can_pin():
+        os.sched_setaffinity(0, {int(peers.LOAD_CPU)})  # the Python load client's core
+    else:
+        say("fewer than 2 cores or no taskset: nothing is pinned")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGALRM:
+            raise BudgetExceeded(f"run exceeded its budget of {args.budget} s")
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGALRM, on_signal)
+    signal.alarm(args.budget)
+    try:
+        return run(args)
+    except BudgetExceeded as e:
+        say(f"aborted: {e}")
+        return 3
+    finally:
+        signal.alarm(0)
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
