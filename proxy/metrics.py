@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -10,10 +12,12 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
 )
 
 disable_created_metrics()
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
@@ -74,4 +78,10 @@ class Metrics:
             self.response_bytes.labels(route).inc(body_bytes)
 
     def exposition(self) -> bytes:
+        path = os.environ.get(MULTIPROC_ENV)
+        if path:
+            # Several worker processes: add up what each wrote to the shared directory.
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=path)
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +22,7 @@ from .relay import Relay
 from .runtime import Runtime
 
 log = logging.getLogger("proxy.server")
+PORT_ENV = "PROXY_WORKER_PORT"  # the port a worker binds (the supervisor resolved port 0)
 
 
 class ProxyServer:
@@ -32,7 +35,11 @@ class ProxyServer:
         access_log: AccessLog | None = None,
         metrics: Metrics | None = None,
         reuse_port: bool = False,
+        role: str = "single",
     ) -> None:
+        """``role``: ``single`` serves everything; with ``server.workers`` > 1 the ``supervisor``
+        serves admin and demo while each ``worker`` serves the proxy port."""
+        self.role = role
         self.config = config
         self.config_path = config_path
         self.metrics = metrics or Metrics()
@@ -48,21 +55,24 @@ class ProxyServer:
         self.demo_port: int | None = None
         self.stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
+        self.on_drain: Callable[[], Awaitable[None]] | None = None  # the supervisor's workers
 
     # -- start -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
-        if cfg.demo is not None:
+        if cfg.demo is not None and self.role != "worker":
             runner = web.AppRunner(demo_app(cfg.demo.interval), access_log=None)
             self.demo_port = await self._listen(runner, cfg.demo.host, cfg.demo.port)
-        await self.runtime.start()
-        self._watch_targets(self.runtime)
-        if cfg.admin is not None:
+        if cfg.admin is not None and self.role != "worker":
             runner = web.AppRunner(
                 admin_app(self.metrics, lambda: not self.draining), access_log=None
             )
             self.admin_port = await self._listen(runner, cfg.admin.host, cfg.admin.port)
+        if self.role == "supervisor":
+            return
+        await self.runtime.start()
+        self._watch_targets(self.runtime)
         server = web.Server(
             self.relay.handle,
             handler_cancellation=True,
@@ -80,8 +90,9 @@ class ProxyServer:
         if cfg.server.tls is not None:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(cfg.server.tls.cert, cfg.server.tls.key)
+        port = int(os.environ.get(PORT_ENV, cfg.server.port))
         self.proxy_port = await self._listen(
-            runner, cfg.server.host, cfg.server.port, tls=tls, reuse_port=self.reuse_port
+            runner, cfg.server.host, port, tls=tls, reuse_port=self.reuse_port
         )
         log.info(
             "listening on %s:%s (admin %s)",
@@ -158,6 +169,8 @@ class ProxyServer:
         )
         if self._proxy_runner is not None:
             await self._proxy_runner.cleanup()
+        if self.on_drain is not None:
+            await self.on_drain()
         self.runtime.retire(None)
         await self.runtime.closed()
         for runner in reversed(self._runners):
@@ -172,9 +185,3 @@ class ProxyServer:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
 
-
-async def serve(config: Config, config_path: str | None, reuse_port: bool = False) -> None:
-    server = ProxyServer(config, config_path, reuse_port=reuse_port)
-    await server.start()
-    server.install_signal_handlers()
-    await server.stopped.wait()

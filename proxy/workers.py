@@ -1,12 +1,30 @@
-"""Running the server: one process, or ``server.workers`` processes sharing the port."""
+"""Running the server: one process, or ``server.workers`` processes sharing one port.
+
+With more than one worker, this process becomes a supervisor: it resolves the port, starts the
+workers (each binds it with SO_REUSEPORT, so the kernel spreads connections over them), serves
+the admin listener (metrics added up over the workers through prometheus_client's multiprocess
+mode) and the demo upstream, restarts a worker that dies, forwards SIGHUP, and on SIGTERM/SIGINT
+drains them all before it exits.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
 
-from .config import Config
-from .server import serve
+from .config import Config, ConfigError, load_config
+from .metrics import MULTIPROC_ENV
+from .server import PORT_ENV, ProxyServer
+
+log = logging.getLogger("proxy.workers")
+WORKER_ENV = "PROXY_WORKER"
 
 
 def _event_loop_runner() -> asyncio.Runner:
@@ -18,6 +36,113 @@ def _event_loop_runner() -> asyncio.Runner:
 
 
 def run_workers(config: Config, path: str) -> int:
+    if os.environ.get(WORKER_ENV):
+        role = "worker"
+    elif config.server.workers > 1:
+        role = "supervisor"
+    else:
+        role = "single"
     with _event_loop_runner() as runner:
-        runner.run(serve(config, path))
+        if role == "supervisor":
+            runner.run(_supervise(config, path))
+        else:
+            runner.run(_serve(config, path, role))
     return 0
+
+
+async def _serve(config: Config, path: str, role: str) -> None:
+    server = ProxyServer(config, path, reuse_port=role == "worker", role=role)
+    server.install_signal_handlers()  # before listening: a signal must never find the default
+    await server.start()
+    await server.stopped.wait()
+
+
+class Supervisor:
+    def __init__(self, config: Config, path: str, port: int) -> None:
+        self.config = config
+        self.path = path
+        self.port = port
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.stopping = False
+
+    async def spawn(self, index: int) -> None:
+        env = {**os.environ, WORKER_ENV: str(index), PORT_ENV: str(self.port)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "run", "-c", self.path, env=env
+        )
+        self.procs[index] = proc
+        asyncio.get_running_loop().create_task(self._watch(index, proc))
+
+    async def _watch(self, index: int, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(proc.pid)
+        if not self.stopping:
+            log.error("worker %d (pid %d) exited with %s; restarting it", index, proc.pid, code)
+            await asyncio.sleep(1.0)
+            if not self.stopping:
+                await self.spawn(index)
+
+    def signal_all(self, sig: signal.Signals) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
+    async def drain(self) -> None:
+        self.stopping = True
+        self.signal_all(signal.SIGTERM)
+        grace = self.config.server.shutdown_grace + 5
+        waits = [p.wait() for p in self.procs.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), grace)
+        except TimeoutError:
+            log.error("workers outlived the grace period; killing them")
+            self.signal_all(signal.SIGKILL)
+            await asyncio.gather(*(p.wait() for p in self.procs.values()))
+
+    def reload(self) -> None:
+        try:
+            self.config = load_config(self.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: %s", problem)
+            return
+        self.signal_all(signal.SIGHUP)
+
+
+def _resolve_port(host: str, port: int) -> int:
+    """Port 0 means "any": pick it once so that every worker binds the same one."""
+    if port:
+        return port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+async def _supervise(config: Config, path: str) -> None:
+    # prometheus_client's multiprocess directory: the operator's, or one of our own.
+    own_dir = not os.environ.get(MULTIPROC_ENV)
+    metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="streamproxy-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        port = _resolve_port(config.server.host, config.server.port)
+        sup = Supervisor(config, path, port)
+        server = ProxyServer(config, path, role="supervisor")
+        server.on_drain = sup.drain
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.stop)
+        loop.add_signal_handler(signal.SIGHUP, sup.reload)
+        await server.start()
+        for index in range(config.server.workers):
+            await sup.spawn(index)
+        log.info(
+            "listening on %s:%s with %d workers", config.server.host, port, config.server.workers
+        )
+        await server.stopped.wait()
+    finally:
+        if own_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
