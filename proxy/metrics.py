@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -64,6 +65,10 @@ class Metrics:
             multiprocess_mode="liveall",
         )
         self._children: dict[tuple[str, ...], object] = {}
+        self.refresh: Callable[[], None] | None = None  # brings state gauges up to date
+
+    def set_target(self, upstream: str, target: str, up: bool) -> None:
+        self.target_up.labels(upstream, target).set(1 if up else 0)
 
     def request_done(
         self, route: str, upstream: str, status: int, seconds: float, body_bytes: int
@@ -78,6 +83,8 @@ class Metrics:
             self.response_bytes.labels(route).inc(body_bytes)
 
     def exposition(self) -> bytes:
+        if self.refresh is not None:
+            self.refresh()
         path = os.environ.get(MULTIPROC_ENV)
         if path:
             # Several worker processes: add up what each wrote to the shared directory.

@@ -122,8 +122,6 @@ class Relay:
     ) -> web.Response:
         rec.status = exc.status
         rec.outcome = exc.outcome
-        if exc.outcome in ("upstream_error", "timeout") and rec.upstream:
-            self.metrics.upstream_errors.labels(rec.upstream, exc.code).inc()
         resp = error_response(exc, rid)
         if exc.status == 400 or exc.status == 431:
             resp.force_close()

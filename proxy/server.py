@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -122,9 +123,18 @@ class ProxyServer:
     def _watch_targets(self, runtime: Runtime) -> None:
         for upstream in runtime.upstreams.values():
             upstream.on_target_error = self._target_error
+        self.metrics.refresh = self._refresh_targets
+        self._refresh_targets()
+
+    def _refresh_targets(self) -> None:
+        now = time.monotonic()
+        for upstream in self.runtime.upstreams.values():
+            for target in upstream.targets:
+                self.metrics.set_target(upstream.name, target.origin, target.available(now))
 
     def _target_error(self, upstream: Any, target: Any, kind: str) -> None:
         self.metrics.upstream_errors.labels(upstream.name, kind).inc()
+        self.metrics.set_target(upstream.name, target.origin, target.available(time.monotonic()))
 
     # -- reload ----------------------------------------------------------------------------
 
@@ -184,4 +194,3 @@ class ProxyServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
-
