@@ -25,7 +25,7 @@ def _child_setup() -> None:
     os.setsid()
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: nginx passes it on to its workers
 
 
 def can_pin() -> bool:
@@ -51,25 +51,21 @@ class Proc:
         self.name = name
         self.argv = argv
         self.errlog = logdir / f"{name}.stderr"
-        self.outlog = logdir / f"{name}.stdout"
         self.cwd = cwd
         self.env = env
         self.popen: subprocess.Popen[bytes] | None = None
 
-    def start(self, stdout_to_null: bool = True) -> Proc:
-        out = subprocess.DEVNULL if stdout_to_null else open(self.outlog, "wb")  # noqa: SIM115
+    def start(self) -> Proc:
         with open(self.errlog, "wb") as err:
             self.popen = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
-                stdout=out,
+                stdout=subprocess.DEVNULL,  # the proxy's access log: kept on, thrown away
                 stderr=err,
                 cwd=self.cwd,
                 env=self.env,
                 preexec_fn=_child_setup,
             )
-        if out is not subprocess.DEVNULL:
-            out.close()
         _CHILDREN.append(self)
         return self
 

@@ -27,7 +27,8 @@ def tree(root: int) -> list[int]:
         fields = _stat_fields(int(name))
         if fields is not None:
             children.setdefault(int(fields[1]), []).append(int(name))
-    out, todo = [], [root]
+    out: list[int] = []
+    todo = [root]
     while todo and len(out) < 10_000:
         pid = todo.pop()
         out.append(pid)
@@ -105,3 +106,16 @@ class CoreMeter:
     def stop(self) -> float:
         b1, t1 = core_ticks(self.cpu)
         return 100.0 * (b1 - self._b0) / (t1 - self._t0) if t1 > self._t0 else 0.0
+
+
+def wait_quiet(cpu: int, busy_below: float, max_wait: float, window: float = 0.5) -> float:
+    """Wait (at most ``max_wait`` s) until ``cpu`` is less than ``busy_below`` % busy over one
+    ``window``; returns the seconds waited."""
+    t0 = time.monotonic()
+    for _ in range(int(max_wait / window) + 1):
+        meter = CoreMeter(cpu)
+        meter.start()
+        time.sleep(window)
+        if meter.stop() < busy_below or time.monotonic() - t0 >= max_wait:
+            break
+    return time.monotonic() - t0

@@ -92,11 +92,15 @@ def problems(measures: list[Measure], med: Medians) -> list[str]:
 
 
 def noisy(runs: Runs, threshold: float = 10.0) -> list[str]:
+    """Per measure, the runs during which other work kept core 0 busy: figures to distrust."""
     out = []
     for mid, cols in runs.items():
+        hits = []
         for col, col_runs in cols.items():
             for i, r in enumerate(col_runs):
                 other = r.get("core0_other_pct")
                 if isinstance(other, float) and other > threshold:
-                    out.append(f"- {mid} / {col} run {i + 1}: core 0 {other:.0f} % busy otherwise")
+                    hits.append(f"{col}#{i + 1} {other:.0f}")
+        if hits:
+            out.append(f"- {mid}: " + ", ".join(hits))
     return out

@@ -32,7 +32,7 @@ import procs
 import report
 from measures import MEASURES, Ctx, Measure
 from peers import Peer
-from procstat import CoreMeter, CpuMeter
+from procstat import CoreMeter, CpuMeter, wait_quiet
 
 HERE = Path(__file__).resolve().parent
 
@@ -129,7 +129,9 @@ def _brief(res: dict[str, object]) -> str:
     return " ".join(parts)[:300]
 
 
-def run_one(m: Measure, peer: Peer | None, ctx: Ctx, tools: dict[str, bool]) -> dict[str, object]:
+def run_one(
+    m: Measure, peer: Peer | None, ctx: Ctx, tools: dict[str, bool], quiet_wait: float
+) -> dict[str, object]:
     if peer is None or not peer.available:
         note = (peer.note if peer else "") or "n/a: not started"
         if peer is not None and peer.proc is not None and not peer.proc.alive():
@@ -139,6 +141,8 @@ def run_one(m: Measure, peer: Peer | None, ctx: Ctx, tools: dict[str, bool]) -> 
         return {"na": peer.m5_note}
     if m.id.startswith("M1") and not tools["wrk"]:
         return {"na": "n/a: wrk is not installed"}
+    pinned = procs.can_pin() and not m.id.endswith("w2")
+    waited = wait_quiet(int(peers.PROXY_CPU), 15.0, quiet_wait) if pinned and quiet_wait else 0.0
     # how busy the proxy's core was with anything but the peer: the noise of a shared machine
     core = CoreMeter(int(peers.PROXY_CPU))
     mine = CpuMeter(peer.pid) if peer.pid else None
@@ -154,8 +158,9 @@ def run_one(m: Measure, peer: Peer | None, ctx: Ctx, tools: dict[str, bool]) -> 
             traceback.print_exc()
     res["seconds"] = round(time.monotonic() - t0, 2)
     busy, used = core.stop(), (mine.stop() if mine else 0.0)
-    if procs.can_pin() and not m.id.endswith("w2"):
+    if pinned:
         res["core0_other_pct"] = round(max(0.0, busy - used), 1)
+        res["waited_quiet_s"] = round(waited, 1)
     return res
 
 
@@ -202,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
                 ctx.first_repeat = r == 0
                 for col in runs[m.id]:
                     peer = all_peers.get(m.columns[col])
-                    res = run_one(m, peer, ctx, tools)
+                    res = run_one(m, peer, ctx, tools, args.quiet_wait)
                     runs[m.id][col].append(res)  # type: ignore[arg-type]
                     say(f"[{m.id} {r + 1}/{repeats}] {col:<9} {_brief(res)}")
             for p in own.values():
@@ -219,13 +224,13 @@ def run(args: argparse.Namespace) -> int:
         print("\nNot measured:\n" + "\n".join(issues))
     noisy = report.noisy(runs)
     if noisy:
-        print("\nRuns during which something else kept core 0 busy (> 10 %):\n" + "\n".join(noisy))
+        print("\nCore 0 busy with other work (% of the run), where over 10 %:\n" + "\n".join(noisy))
     doc = {
         "started": started,
         "argv": sys.argv,
         "quick": args.quick,
         "repeats": repeats,
-        "machine": machine(),
+        "machine": machine() | {"proxy": peers.proxy_version(args.python) or "n/a"},
         "peers": {
             n: {"url": p.url, "note": p.note, "m5_note": p.m5_note, **p.info}
             for n, p in all_peers.items()
@@ -254,8 +259,16 @@ def main() -> int:
     ap.add_argument("--peers", help=f"comma list of columns to run (default all: {report.COLUMNS})")
     ap.add_argument("--python", default=sys.executable, help="interpreter for python -m proxy")
     ap.add_argument("--budget", type=int, help="hard limit for the whole run, seconds")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        help="before each run, wait up to this many s for core 0 to be < 15%% busy "
+        "(default 5, 15 without --quick; 0: don't)",
+    )
     args = ap.parse_args()
     args.budget = args.budget or (1200 if args.quick else 3600)
+    if args.quiet_wait is None:
+        args.quiet_wait = 5.0 if args.quick else 15.0
 
     if procs.can_pin():
         os.sched_setaffinity(0, {int(peers.LOAD_CPU)})  # the Python load client's core

@@ -149,15 +149,14 @@ def main() -> None:
     ap.add_argument("--lifetime", type=float, default=4 * 3600, help="exit after this many s")
     args = ap.parse_args()
     make_text(64 * 1024**2)  # warm the corpus cache before the first request
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        print("uvloop missing: using asyncio's loop", file=sys.stderr)
-        runner = asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
-        runner(serve(args.host, args.port, args.lifetime))
+        try:
+            import uvloop
+        except ImportError:
+            print("uvloop missing: using asyncio's loop", file=sys.stderr)
+            asyncio.run(serve(args.host, args.port, args.lifetime))
+        else:
+            uvloop.run(serve(args.host, args.port, args.lifetime))
 
 
 if __name__ == "__main__":
