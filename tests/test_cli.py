@@ -72,3 +72,52 @@ def test_the_config_defaults_to_proxy_yaml_in_the_working_directory(tmp_path: Pa
     assert out.returncode == 2
     assert b"proxy.yaml" not in out.stdout
     assert b"routes[0].upstream" in out.stderr
+
+
+TRANSFORMS = """
+upstreams:
+  api: {targets: ["http://127.0.0.1:9000"]}
+routes:
+  - name: shout
+    upstream: api
+    transforms:
+      - tests.sample_plugins:Upper: {}
+      - tests.sample_plugins:Bracket: {}
+    request_transforms:
+      - tests.sample_plugins:Bracket: {}
+"""
+
+
+def test_transform_pipes_stdin_through_a_routes_response_chain(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(TRANSFORMS)
+    body = "héllo\nwörld\n".encode() * 10_000
+    out = run("transform", "-c", str(path), "--route", "shout", stdin=body)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"[" + body.upper() + b"]"
+
+
+def test_transform_request_chain_and_content_types(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(TRANSFORMS)
+    out = run("transform", "-c", str(path), "--route", "shout", "--request", stdin=b"abc")
+    assert out.stdout == b"[abc]"
+    binary = run(
+        "transform",
+        "-c",
+        str(path),
+        "--route",
+        "shout",
+        "--content-type",
+        "image/png",
+        stdin=b"abc",
+    )
+    assert binary.stdout == b"abc"  # not a type the transforms take: untouched
+
+
+def test_transform_names_an_unknown_route(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(TRANSFORMS)
+    out = run("transform", "-c", str(path), "--route", "nope", stdin=b"abc")
+    assert out.returncode == 2
+    assert b"--route: unknown route 'nope' (known: shout)" in out.stderr
