@@ -1,13 +1,52 @@
-"""WebSocket upgrades, relayed both ways."""
+"""WebSocket upgrades, relayed both ways.
+
+The handshake goes upstream first (routed like any request, the raw path kept byte for byte);
+only when the upstream answers ``101`` is the client accepted, with the subprotocol the upstream
+chose. Then two pumps run, one per direction, relaying text, binary, ping, pong and close frames
+(close code and reason included). When one side closes, its close is passed on and the other
+side's answer waited for (bounded); when one side breaks or vanishes, the other is closed at
+once (within :data:`ABORT_GRACE`).
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
-from multidict import CIMultiDict
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any, NamedTuple
+
+import aiohttp
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from multidict import CIMultiDict, istr
+from yarl import URL
 
 from .accesslog import AccessRecord
-from .errors import BadRequest
-from .upstream import Upstream
+from .errors import BadRequest, ProxyError, UpstreamUnavailable
+from .headers import X_REQUEST_ID
+from .upstream import BodyState, Target, Upstream
+
+# How long one side may take to answer a close frame the other side started.
+CLOSE_TIMEOUT = 5.0
+# How long closing the surviving side may take after the other broke or vanished.
+ABORT_GRACE = 0.5
+# Headers of the handshake that aiohttp makes itself on each leg.
+HANDSHAKE_HEADERS = frozenset(
+    istr(h)
+    for h in (
+        "Upgrade",
+        "Connection",
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Extensions",
+        "Sec-WebSocket-Protocol",
+        "Sec-WebSocket-Accept",
+    )
+)
+# Close codes that never go on the wire (RFC 6455 §7.4.1); 0 is aiohttp's "no code given".
+UNSENDABLE_CODES = frozenset({0, 1005, 1006, 1015})
+WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT)
+
+AnyWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
@@ -27,4 +66,232 @@ async def relay_websocket(
     host_header: str | None,
     rec: AccessRecord,
 ) -> web.StreamResponse:
-    raise BadRequest("WebSocket upgrades are not relayed yet")
+    """Relay one WebSocket session; ProxyErrors raised here happen before the upgrade."""
+    if request.method != "GET" or not web.WebSocketResponse().can_prepare(request).ok:
+        raise BadRequest("an invalid WebSocket handshake (method, Sec-WebSocket-Key or -Version)")
+    protocols = [
+        token.strip()
+        for value in request.headers.getall("Sec-WebSocket-Protocol", ())
+        for token in value.split(",")
+        if token.strip()
+    ]
+    out: CIMultiDict[str] = CIMultiDict(
+        (key, value) for key, value in headers.items() if key not in HANDSHAKE_HEADERS
+    )
+    out.popall("Host", None)
+    if host_header is not None:
+        out["Host"] = host_header
+
+    up, target = await _connect(upstream, path_qs, out, protocols)
+    rec.target = target.origin
+    try:
+        client = web.WebSocketResponse(
+            protocols=(up.protocol,) if up.protocol else (),
+            autoping=False,
+            autoclose=False,
+            max_msg_size=0,
+            compress=False,
+            timeout=CLOSE_TIMEOUT,
+            decode_text=False,
+        )
+        rid = headers.get(X_REQUEST_ID)
+        if rid is not None:
+            client.headers[X_REQUEST_ID] = rid
+        try:
+            await client.prepare(request)
+        except BaseException:
+            rec.outcome = "client_abort"
+            await _despite_cancel(_close_fast(up, WSCloseCode.GOING_AWAY))
+            raise
+        rec.status = 101
+        rec.ttfb = asyncio.get_running_loop().time()
+        await _Session(request, client, up, rec).run()
+        return client
+    finally:
+        target.outstanding -= 1
+
+
+async def _connect(
+    upstream: Upstream, path_qs: str, headers: CIMultiDict[str], protocols: list[str]
+) -> tuple[aiohttp.ClientWebSocketResponse, Target]:
+    """The upstream leg, on the first target that takes it (``outstanding`` counted up)."""
+    assert upstream.session is not None
+    tried: set[Target] = set()
+    last: ProxyError | None = None
+    for _ in range(1 + upstream.config.retries):
+        try:
+            target = upstream.pick(tried)
+        except UpstreamUnavailable:
+            break
+        tried.add(target)
+        url = URL.build(
+            scheme="wss" if target.scheme == "https" else "ws",
+            host=target.host,
+            port=target.port,
+            path=path_qs,
+            encoded=True,
+        )
+        target.outstanding += 1
+        target.requests += 1
+        try:
+            ws = await upstream.session.ws_connect(
+                url,
+                headers=headers,
+                protocols=protocols,
+                autoping=False,
+                autoclose=False,
+                max_msg_size=0,
+                compress=0,
+                timeout=WS_TIMEOUT,
+                decode_text=False,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            target.outstanding -= 1
+            if exc.status == 101:
+                detail = f"sent an invalid WebSocket handshake ({exc.message})"
+            else:
+                detail = f"answered the WebSocket upgrade with status {exc.status}, not 101"
+            raise UpstreamUnavailable(f"upstream {upstream.name!r} {detail}") from exc
+        except BaseException as exc:
+            target.outstanding -= 1
+            error, retry = upstream._translate(exc, "GET", BodyState())
+            if error is None:
+                raise
+            upstream._failed(target, error.code)
+            last = error
+            if retry and len(tried) < len(upstream.targets):
+                continue
+            raise error from exc
+        target.fails = 0
+        return ws, target
+    raise last or UpstreamUnavailable(f"no target of upstream {upstream.name!r} is available")
+
+
+class _End(NamedTuple):
+    """How a pump ended: which side did it, and its last message (None: the side broke)."""
+
+    side: str
+    msg: WSMessage | None
+
+
+class _Session:
+    """The two pumps of one relayed WebSocket, and how it ends."""
+
+    def __init__(
+        self,
+        request: web.BaseRequest,
+        client: web.WebSocketResponse,
+        up: aiohttp.ClientWebSocketResponse,
+        rec: AccessRecord,
+    ) -> None:
+        self.request = request
+        self.client = client
+        self.up = up
+        self.rec = rec
+
+    def _leg(self, side: str) -> AnyWebSocket:
+        return self.client if side == "client" else self.up
+
+    async def run(self) -> None:
+        rec = self.rec
+        c2u = asyncio.create_task(self._pump("client", "upstream"))
+        u2c = asyncio.create_task(self._pump("upstream", "client"))
+        ended = False
+        try:
+            done, _ = await asyncio.wait((c2u, u2c), return_when=asyncio.FIRST_COMPLETED)
+            first = c2u.result() if c2u in done else u2c.result()
+            await self._finish(first)
+            ended = True
+        except asyncio.CancelledError:
+            # The client vanished (aiohttp cancels its handler), or the route's total timeout.
+            rec.outcome = "client_abort" if self.request.transport is None else "timeout"
+            raise
+        finally:
+            await _despite_cancel(self._cleanup(c2u, u2c, ended))
+
+    async def _cleanup(self, c2u: asyncio.Task[_End], u2c: asyncio.Task[_End], ended: bool) -> None:
+        for task in (c2u, u2c):
+            task.cancel()
+        # The pumps are cancelled, never blocked on: waiting for them cannot hang.
+        await asyncio.gather(c2u, u2c, return_exceptions=True)
+        if not ended:
+            # Cancelled or failed: close both legs now.
+            await _close_fast(self.up, WSCloseCode.GOING_AWAY)
+            await _close_fast(self.client, WSCloseCode.GOING_AWAY)
+
+    async def _pump(self, src_side: str, dst_side: str) -> _End:
+        src, dst = self._leg(src_side), self._leg(dst_side)
+        rec = self.rec
+        while True:
+            try:
+                msg = await src.receive()
+            except Exception:
+                return _End(src_side, None)
+            kind = msg.type
+            try:
+                if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                    data: bytes = msg.data
+                    await dst.send_frame(data, kind)
+                    if src_side == "client":
+                        rec.bytes_in += len(data)
+                    else:
+                        rec.bytes_out += len(data)
+                elif kind is WSMsgType.PING:
+                    await dst.ping(msg.data)
+                elif kind is WSMsgType.PONG:
+                    await dst.pong(msg.data)
+                elif kind is WSMsgType.CLOSE:
+                    return _End(src_side, msg)
+                else:  # CLOSING, CLOSED, ERROR: the side went away without a close frame
+                    return _End(src_side, None)
+            except Exception:
+                return _End(dst_side, None)
+
+    async def _finish(self, end: _End) -> None:
+        """One pump ended: pass on a close (and await the answer) or close the other side."""
+        rec = self.rec
+        ender = self._leg(end.side)
+        other = self.up if end.side == "client" else self.client
+        if end.msg is not None:
+            # A close frame: relay it with its code and reason, await the other side's answer,
+            # then answer the closer by echoing its code.
+            code = _sendable(end.msg.data, WSCloseCode.OK)
+            reason = (end.msg.extra or "").encode()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT + ABORT_GRACE):
+                    await other.close(code=code, message=reason)
+            await _close_fast(ender, code)
+            return
+        rec.outcome = "client_abort" if end.side == "client" else "upstream_error"
+        code = WSCloseCode.GOING_AWAY if end.side == "client" else WSCloseCode.BAD_GATEWAY
+        await _close_fast(other, code)
+        await _close_fast(ender, WSCloseCode.GOING_AWAY)
+
+
+async def _despite_cancel(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run a (bounded) cleanup to its end even when this task is cancelled meanwhile, then
+    pass the cancellation on: aiohttp may cancel a handler twice (drain, then connection lost),
+    and a second cancel must not skip closing the upstream leg."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()
+
+
+def _sendable(code: int | None, default: int) -> int:
+    return default if code is None or code in UNSENDABLE_CODES else code
+
+
+async def _close_fast(ws: AnyWebSocket, code: int) -> None:
+    """Close one leg, waiting at most :data:`ABORT_GRACE` for its answer."""
+    if ws.closed:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(ABORT_GRACE):
+            await ws.close(code=code)
