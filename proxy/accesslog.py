@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 
 class AccessRecord:
@@ -18,6 +18,7 @@ class AccessRecord:
         "outcome",
         "path",
         "request_id",
+        "response",
         "route",
         "start",
         "status",
@@ -41,6 +42,7 @@ class AccessRecord:
         self.bytes_out = 0
         self.ttfb: float | None = None
         self.outcome = "ok"
+        self.response: Any = None  # the prepared response, once headers went out
 
 
 class AccessLog:

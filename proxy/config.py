@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import ssl
 import types
 import typing
 from pathlib import Path
@@ -25,6 +26,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from yarl import URL
 
@@ -85,9 +87,26 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _readable(value: str) -> str:
+    if not os.path.isfile(value) or not os.access(value, os.R_OK):
+        raise ValueError(f"cannot read the file {value!r}")
+    return value
+
+
+ReadableFile = Annotated[str, AfterValidator(_readable)]
+
+
 class ServerTLS(_Model):
-    cert: str
-    key: str
+    cert: ReadableFile
+    key: ReadableFile
+
+    @model_validator(mode="after")
+    def _loads(self) -> ServerTLS:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.cert, self.key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"the certificate and key do not load: {exc}") from None
+        return self
 
 
 class ServerConfig(_Model):
@@ -114,7 +133,17 @@ class AdminConfig(_Model):
 
 class UpstreamTLS(_Model):
     verify: bool = True
-    ca_file: str | None = None
+    ca_file: ReadableFile | None = None  # replaces the system CA store, as curl's --cacert
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_loads(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ssl.create_default_context(cafile=value)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(f"the CA file does not load: {exc}") from None
+        return value
 
 
 class HealthCheck(_Model):

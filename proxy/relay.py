@@ -106,13 +106,18 @@ class Relay:
             rec.route = route.name
             rec.upstream = route.upstream
             timeout = route.timeout
-            if timeout:
+            if timeout and not is_websocket_upgrade(request):
                 async with asyncio.timeout(timeout):
                     return await self._forward(request, runtime, route, raw, rid, rec)
             return await self._forward(request, runtime, route, raw, rid, rec)
         except ProxyError as exc:
             return self._error(request, exc, rid, rec)
         except TimeoutError:
+            if rec.response is not None and rec.response.prepared:
+                # The route's total time ran out mid-body: the body must not look complete.
+                rec.outcome = "timeout"
+                abort(request)
+                return rec.response
             return self._error(
                 request, UpstreamTimeout("the route's total timeout passed"), rid, rec
             )
@@ -188,6 +193,9 @@ class Relay:
                 headers["Accept-Encoding"] = accept
 
         if upgrade:
+            if route.chains.response or route.chains.request:
+                # Fail closed: messages would bypass the route's transforms.
+                raise BadRequest("WebSocket upgrades are refused on routes with transforms")
             host = client_host if route.preserve_host else None
             return await relay_websocket(
                 request, upstream, route.upstream_path(raw), headers, host, rec
@@ -223,6 +231,7 @@ class Relay:
             rec.target = target.origin
             try:
                 response, plan = self._response_head(request, route, upstream_resp, rid)
+                rec.response = response
                 rec.status = response.status
                 await response.prepare(request)
                 rec.ttfb = asyncio.get_running_loop().time()

@@ -192,3 +192,26 @@ def test_sizes(text: object, size: int) -> None:
 def test_bad_durations(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
+
+
+def test_tls_files_are_checked_at_load(tmp_path) -> None:
+    found = problems(
+        BASE.replace(
+            "server: {port: 8080}",
+            f"server: {{port: 8080, tls: {{cert: {tmp_path}/no.pem, key: {tmp_path}/no.key}}}}",
+        ).replace(
+            '{targets: ["http://127.0.0.1:9000"]}',
+            f'{{targets: ["https://127.0.0.1:9000"], tls: {{ca_file: {tmp_path}/ca.pem}}}}',
+        )
+    )
+    assert f"server.tls.cert: cannot read the file '{tmp_path}/no.pem'" in found
+    assert f"server.tls.key: cannot read the file '{tmp_path}/no.key'" in found
+    assert f"upstreams.api.tls.ca_file: cannot read the file '{tmp_path}/ca.pem'" in found
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    found = problems(
+        BASE.replace(
+            '{targets: ["http://127.0.0.1:9000"]}',
+            f'{{targets: ["https://127.0.0.1:9000"], tls: {{ca_file: {tmp_path}/ca.pem}}}}',
+        )
+    )
+    assert any(p.startswith("upstreams.api.tls.ca_file: the CA file does not load") for p in found)

@@ -431,3 +431,31 @@ async def test_an_upstream_silent_past_read_timeout_gives_a_504(
     finally:
         release.set()
     assert proxy.server.runtime.upstreams["up"].targets[0].outstanding == 0
+
+
+async def test_upgrades_are_refused_on_routes_with_transforms(aiohttp_server, make_proxy) -> None:
+    reached: list[str] = []
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        reached.append(request.path)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_handler)
+    up = await aiohttp_server(app)
+    routes = [
+        {
+            "name": "t",
+            "upstream": "up",
+            "transforms": [{"tests.sample_plugins:Upper": {}}],
+        }
+    ]
+    proxy = await make_proxy({"up": [f"http://127.0.0.1:{up.port}"]}, routes)
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await s.ws_connect(proxy.url("/ws"))
+    assert info.value.status == 400
+    assert reached == []  # fail closed: messages would bypass the transforms
