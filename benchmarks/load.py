@@ -26,7 +26,10 @@ def run_async(coro: Coroutine[Any, Any, T], timeout: float) -> T:
     """Run ``coro`` on a fresh uvloop (or asyncio) loop, cancelled after ``timeout`` seconds."""
 
     async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no result within {timeout:.0f} s") from None
 
     try:
         import uvloop
@@ -91,22 +94,36 @@ def wrk(url: str, duration: float, conns: int, threads: int, cpus: str | None) -
 # ---------------------------------------------------------------- aiohttp client
 
 
+@dataclass
+class Download:
+    nbytes: int
+    secs: float  # from the request to the last byte (or to the time limit)
+    body: bytes  # only when asked to keep it
+    complete: bool  # False: the time limit cut it short
+
+
 async def download(
-    s: aiohttp.ClientSession, url: str, keep: bool = False
-) -> tuple[int, float, bytes]:
-    """GET ``url`` to the end: (bytes, seconds from request to last byte, body if ``keep``)."""
+    s: aiohttp.ClientSession, url: str, keep: bool = False, limit: float = 60.0
+) -> Download:
+    """GET ``url`` to the end, or until ``limit`` seconds have passed."""
     chunks: list[bytes] = []
     n = 0
+    complete = False
     t0 = time.perf_counter()
     async with s.get(url) as resp:
         if resp.status != 200:
             raise RuntimeError(f"GET {url}: status {resp.status}")
-        async for data in resp.content.iter_any():
-            n += len(data)
-            if keep:
-                chunks.append(data)
+        try:
+            async with asyncio.timeout(limit):
+                async for data in resp.content.iter_any():
+                    n += len(data)
+                    if keep:
+                        chunks.append(data)
+            complete = True
+        except TimeoutError:
+            pass
     secs = time.perf_counter() - t0
-    return n, secs, b"".join(chunks) if keep else b""
+    return Download(n, secs, b"".join(chunks) if keep else b"", complete)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ class Peer:
     pid: int | None = None
     proc: Proc | None = None
     note: str = ""
-    m5_note: str = ""  # why M5 cannot run on this peer, when it cannot
+    skipped: dict[str, str] = field(default_factory=dict)  # M5 route -> why it is n/a here
     info: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -41,15 +42,19 @@ class Peer:
         return self.url is not None and (self.proc is None or self.proc.alive())
 
 
-def _smoke(peer: Peer, m5: bool) -> str | None:
-    """None when the peer relays a 1 KiB body (and, with m5, a rewritten text body)."""
+M5_ROUTES = ["r1", "r10", "tag"]
+
+
+def _smoke(peer: Peer, m5_routes: list[str]) -> str | None:
+    """None when the peer relays a 1 KiB body and rewrites a text body on each M5 route."""
     status, body = http_get(f"{peer.url}/1k")
     if status != 200 or len(body) != 1024:
         return f"GET /1k gave {status} with {len(body)} bytes: {body[:200]!r}"
-    if m5:
-        status, body = http_get(f"{peer.url}/r1/text?size=4096")
-        if status != 200 or b"[REDACTED]" not in body:
-            return f"GET /r1/text gave {status}, no [REDACTED] in {body[:200]!r}"
+    for route in m5_routes:
+        status, body = http_get(f"{peer.url}/{route}/text?size=4096")
+        want = TAG if route == "tag" else b"[REDACTED]"
+        if status != 200 or want not in body:
+            return f"GET /{route}/text gave {status}, no {want!r} in {body[:200]!r}"
     return None
 
 
@@ -61,13 +66,13 @@ def _gist(stderr: str) -> str:
     return ": " + (lines[-1] if "Traceback" in stderr else lines[0]).strip()[:300]
 
 
-def _started(peer: Peer, port: int, m5: bool, timeout: float = 20.0) -> Peer:
+def _started(peer: Peer, port: int, m5_routes: list[str], timeout: float = 20.0) -> Peer:
     """Wait for the port and smoke-test; on failure the peer becomes n/a with the reason."""
     assert peer.proc is not None
     ok = wait_port(port, peer.proc, timeout)
     problem = None if ok else "did not listen"
     if ok:
-        problem = _smoke(peer, m5)
+        problem = _smoke(peer, m5_routes)
     if problem:
         tail = peer.proc.stderr_tail()
         rc = peer.proc.popen.poll() if peer.proc.popen else None
@@ -93,14 +98,14 @@ def start_naive(logdir: Path, upstream: int) -> Peer:
     argv += ["--upstream", f"http://127.0.0.1:{upstream}", "--transforms"]
     proc = Proc("naive", pinned(argv, PROXY_CPU), logdir).start()
     peer = Peer("naive", f"http://127.0.0.1:{port}", proc.pid, proc)
-    return _started(peer, port, m5=True)
+    return _started(peer, port, M5_ROUTES)
 
 
 # ---------------------------------------------------------------- this project
 
 
 def proxy_config(
-    port: int, admin: int, upstream: int, workers: int, m5: bool = True
+    port: int, admin: int, upstream: int, workers: int, m5_routes: list[str] = M5_ROUTES
 ) -> dict[str, object]:
     def m5_route(name: str, transform: dict[str, object]) -> dict[str, object]:
         return {
@@ -111,6 +116,11 @@ def proxy_config(
             "transforms": [transform],
         }
 
+    transforms: dict[str, dict[str, object]] = {
+        "r1": {"redact": {"patterns": PATTERNS_1}},
+        "r10": {"redact": {"patterns": PATTERNS_10}},
+        "tag": {"tag_lines": {"tag": TAG.decode()}},
+    }
     return {
         "server": {"host": "127.0.0.1", "port": port, "workers": workers, "shutdown_grace": "2s"},
         "admin": {"host": "127.0.0.1", "port": admin},
@@ -122,25 +132,19 @@ def proxy_config(
             }
         },
         "routes": [
-            *(
-                [
-                    m5_route("r1", {"redact": {"patterns": PATTERNS_1}}),
-                    m5_route("r10", {"redact": {"patterns": PATTERNS_10}}),
-                    m5_route("tag", {"tag_lines": {"tag": TAG.decode()}}),
-                ]
-                if m5
-                else []
-            ),
+            *(m5_route(name, transforms[name]) for name in m5_routes),
             {"name": "plain", "match": {"path_prefix": "/"}, "upstream": "bench"},
         ],
     }
 
 
-def _launch_proxy(logdir: Path, upstream: int, workers: int, python: str, m5: bool) -> Peer:
+def _launch_proxy(
+    logdir: Path, upstream: int, workers: int, python: str, m5_routes: list[str], attempt: int
+) -> Peer:
     name = "proxy" if workers == 1 else f"proxy-w{workers}"
     port, admin = free_port(), free_port()
-    cfg = logdir / f"{name}{'' if m5 else '-no-m5'}.yaml"
-    conf = proxy_config(port, admin, upstream, workers, m5)
+    cfg = logdir / f"{name}-{attempt}.yaml"
+    conf = proxy_config(port, admin, upstream, workers, m5_routes)
     cfg.write_text(yaml.safe_dump(conf, sort_keys=False))
     env = {
         **os.environ,
@@ -148,24 +152,43 @@ def _launch_proxy(logdir: Path, upstream: int, workers: int, python: str, m5: bo
     }
     argv = [python, "-m", "proxy", "-c", str(cfg)]
     cpus = PROXY_CPU if workers == 1 else BOTH_CPUS
-    # stdout carries the access log (kept on, as in production): thrown away
-    proc = Proc(name, pinned(argv, cpus), logdir, cwd=str(REPO), env=env).start()
+    proc = Proc(f"{name}-{attempt}", pinned(argv, cpus), logdir, cwd=str(REPO), env=env).start()
     peer = Peer(name, f"http://127.0.0.1:{port}", proc.pid, proc)
     peer.info = {"config": str(cfg), "admin": f"http://127.0.0.1:{admin}"}
-    return _started(peer, port, m5=m5, timeout=30.0)
+    return _started(peer, port, m5_routes, timeout=30.0)
 
 
 def start_proxy(logdir: Path, upstream: int, workers: int, python: str) -> Peer:
-    """This project, with the M5 routes; without them (M5 n/a) if they keep it from running."""
-    peer = _launch_proxy(logdir, upstream, workers, python, m5=True)
-    if peer.available:
-        return peer
-    first = peer.note
-    retry = _launch_proxy(logdir, upstream, workers, python, m5=False)
-    if not retry.available:
-        return peer  # fails even without transforms: report the first failure
-    retry.m5_note = "n/a: refused the M5 routes: " + first[5:]
-    return retry
+    """This project with every M5 route; when the config is refused, again without the M5
+    routes it names (``routes[N]...: problem``, per the contract), then without any."""
+    routes = list(M5_ROUTES)
+    first: Peer | None = None
+    skipped: dict[str, str] = {}
+    for attempt in range(1, 4):
+        peer = _launch_proxy(logdir, upstream, workers, python, routes, attempt)
+        first = first or peer
+        if peer.available:
+            peer.skipped = skipped
+            return peer
+        text = peer.proc.stderr_tail() if peer.proc else ""
+        bad: dict[str, str] = {}
+        for m in re.finditer(r"^routes\[(\d+)\][^\n]*", text, re.M):
+            i = int(m.group(1))
+            if i < len(routes):
+                bad.setdefault(routes[i], f"n/a: the proxy refused this route: {m.group(0)}")
+        for m in re.finditer(r"GET /(\w+)/text gave .*", peer.note):
+            if m.group(1) in routes:
+                bad.setdefault(m.group(1), f"n/a: {m.group(0)}"[:500])
+        if not routes:
+            break
+        if not bad:  # not a transform problem we can tell: try once with no M5 route at all
+            bad = {
+                r: f"n/a: the proxy did not start with the M5 routes{_gist(text)}" for r in routes
+            }
+        skipped |= bad
+        routes = [r for r in routes if r not in bad]
+    assert first is not None
+    return first  # fails even without transforms: report the first failure
 
 
 def proxy_version(python: str) -> str | None:
@@ -283,7 +306,7 @@ def start_nginx(logdir: Path, upstream: int, workers: int, log: list[str]) -> li
         if not wait_port(port, proc, 20.0):
             peer.url, peer.note = None, f"n/a: nginx did not start: {proc.stderr_tail()}"
             continue
-        problem = _smoke(peer, m5=True)
+        problem = _smoke(peer, M5_ROUTES)
         if problem:
             peer.url, peer.note = None, f"n/a: {problem}"
     return peers

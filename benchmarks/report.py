@@ -10,6 +10,7 @@ COLUMNS = ["direct", "proxy", "naive", "nginx", "nginx-64k"]
 SUBJECT = "proxy"  # this project: the ratios are its figure over each peer's
 RATIO_VS = ["naive", "nginx", "nginx-64k"]
 
+YES_NO = {"exact", "complete"}  # must hold in every run: shown as yes/no
 Runs = dict[str, dict[str, list[dict[str, float | str]]]]  # measure -> column -> runs
 Medians = dict[str, dict[str, dict[str, float | str]]]  # measure -> column -> metric -> value
 
@@ -25,9 +26,8 @@ def medians(measures: list[Measure], runs: Runs) -> Medians:
             for metric in m.metrics:
                 values = [float(r[metric.key]) for r in ok if metric.key in r]
                 if values:
-                    # "exact" must hold in every run; anything else: the median
                     cell[metric.key] = (
-                        min(values) if metric.key == "exact" else statistics.median(values)
+                        min(values) if metric.key in YES_NO else statistics.median(values)
                     )
             if not ok and col_runs:
                 first = col_runs[0]
@@ -41,9 +41,12 @@ def _fmt(metric: Metric, value: float | str | None) -> str:
         return "—"
     if isinstance(value, str):
         return value
-    if metric.key == "exact":
+    if metric.key in YES_NO:
         return "yes" if value >= 1 else "no"
-    return f"{value:,.{metric.digits}f}"
+    digits = metric.digits
+    if 0 < abs(value) < 10 and value != int(value):
+        digits = max(digits, 2)  # 0.45 MB/s is not 0
+    return f"{value:,.{digits}f}"
 
 
 def _ratio(metric: Metric, mine: object, other: object) -> str:

@@ -114,7 +114,7 @@ def start_peers(
             say(f"starting {name} (python -m proxy) ...")
             out[name] = peers.start_proxy(logdir, upstream, workers, python)
     for p in out.values():
-        for note in (p.note, p.m5_note):
+        for note in (p.note, *p.skipped.values()):
             if note:
                 say(f"  {p.name}: {note.splitlines()[0]}")
                 for line in note.splitlines()[1:12]:
@@ -137,8 +137,8 @@ def run_one(
         if peer is not None and peer.proc is not None and not peer.proc.alive():
             note = f"n/a: exited; stderr: {peer.proc.stderr_tail(500)}"
         return {"na": note if note.startswith("n/a") else f"n/a: {note}"}
-    if m.id.startswith("M5") and peer.m5_note:
-        return {"na": peer.m5_note}
+    if m.id.startswith("M5") and m.id[2:] in peer.skipped:
+        return {"na": peer.skipped[m.id[2:]]}
     if m.id.startswith("M1") and not tools["wrk"]:
         return {"na": "n/a: wrk is not installed"}
     pinned = procs.can_pin() and not m.id.endswith("w2")
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         "repeats": repeats,
         "machine": machine() | {"proxy": peers.proxy_version(args.python) or "n/a"},
         "peers": {
-            n: {"url": p.url, "note": p.note, "m5_note": p.m5_note, **p.info}
+            n: {"url": p.url, "note": p.note, "skipped": p.skipped, **p.info}
             for n, p in all_peers.items()
         },
         "install_log": install_log,
