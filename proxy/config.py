@@ -84,7 +84,7 @@ TransformEntry = Any  # a one-key mapping NAME: {options}, checked by plugin_loa
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 def _readable(value: str) -> str:
@@ -98,7 +98,9 @@ ReadableFile = Annotated[str, AfterValidator(_readable)]
 
 class ServerTLS(_Model):
     cert: ReadableFile
+    """PEM certificate chain for the TLS listener."""
     key: ReadableFile
+    """PEM private key of that certificate."""
 
     @model_validator(mode="after")
     def _loads(self) -> ServerTLS:
@@ -111,29 +113,47 @@ class ServerTLS(_Model):
 
 class ServerConfig(_Model):
     host: str = "0.0.0.0"
+    """Address the proxy listens on."""
     port: Port = 8080
+    """Port the proxy listens on (0: any free port)."""
     workers: Annotated[int, BeforeValidator(_workers), Field(ge=1, le=256)] = 1
+    """Processes sharing the port (SO_REUSEPORT); `auto` is the CPU count."""
     shutdown_grace: Duration = 30.0
+    """How long in-flight streams may finish after SIGTERM/SIGINT."""
     max_request_body: Size = 100 * 1024**2
+    """Larger request bodies get 413, checked while they stream."""
     max_header_size: Annotated[Size, Field(ge=1024)] = 16 * 1024
+    """Larger request heads get 431."""
     max_url_length: Annotated[Size, Field(ge=64)] = 8 * 1024
+    """Longer request targets get 400."""
     max_header_count: Annotated[int, Field(ge=1)] = 100
+    """More request header fields get 431."""
     header_timeout: Duration = 30.0
+    """A client must send its whole request head within this time."""
     keepalive_timeout: Duration = 75.0
+    """Idle client keep-alive connections are closed after this time."""
     max_connections: Annotated[int, Field(ge=1)] | None = None
+    """Client connections accepted at once per worker (unset: no limit)."""
     tls: ServerTLS | None = None
+    """Serve HTTPS with this certificate and key."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Level of the process log (JSON lines on stderr)."""
     access_log: bool = True
+    """One JSON line per request on stdout."""
 
 
 class AdminConfig(_Model):
     host: str = "127.0.0.1"
+    """Address of the admin listener (/healthz, /readyz, /metrics)."""
     port: Port = 9901
+    """Port of the admin listener."""
 
 
 class UpstreamTLS(_Model):
     verify: bool = True
+    """Verify the target's certificate and host name."""
     ca_file: ReadableFile | None = None  # replaces the system CA store, as curl's --cacert
+    """CA bundle to verify with; it replaces the system store (as curl's --cacert)."""
 
     @field_validator("ca_file")
     @classmethod
@@ -148,8 +168,11 @@ class UpstreamTLS(_Model):
 
 class HealthCheck(_Model):
     path: str = "/"
+    """Path probed on every target; a status under 500 is healthy."""
     interval: Duration = 10.0
+    """Time between probes."""
     timeout: Duration = 2.0
+    """A probe without an answer in this time fails."""
 
     @field_validator("path")
     @classmethod
@@ -161,20 +184,32 @@ class HealthCheck(_Model):
 
 class UpstreamConfig(_Model):
     targets: Annotated[list[Target], Field(min_length=1)]
+    """Origins (`http://` or `https://` host and port) sharing one connection pool."""
     connect_timeout: Duration = 5.0
+    """Connecting to a target longer than this is a 504."""
     read_timeout: Duration = 60.0
+    """Longest silence while waiting for response headers or for the next chunk."""
     tls: UpstreamTLS = UpstreamTLS()
+    """TLS settings for `https://` targets."""
     balance: Literal["round_robin", "least_outstanding"] = "round_robin"
+    """How a target is chosen for each request."""
     max_fails: Annotated[int, Field(ge=0)] = 1
+    """Failures in a row that eject a target (0: never eject)."""
     fail_timeout: Duration = 10.0
+    """How long an ejected target gets no traffic."""
     retries: Annotated[int, Field(ge=0, le=10)] = 1
+    """Further targets tried when a request could not be delivered."""
     health: HealthCheck | None = None
+    """Active health checks (off when unset)."""
 
 
 class MatchConfig(_Model):
     path_prefix: str = "/"
+    """Plain string prefix of the raw path (`/logs/` does not match `/logs`)."""
     host: str | None = None
+    """Client's Host, compared case-insensitively without the port."""
     methods: list[Method] | None = None
+    """Methods this route takes (unset: all)."""
 
     @field_validator("path_prefix")
     @classmethod
@@ -191,27 +226,43 @@ class MatchConfig(_Model):
 
 class RouteConfig(_Model):
     name: str
+    """Name used in logs, metrics and `transform --route` (default: routeN)."""
     match: MatchConfig = MatchConfig()
+    """What requests this route takes; the first matching route wins."""
     upstream: str
+    """Name of the upstream this route forwards to."""
     strip_prefix: bool = False
+    """Remove the path prefix, keeping a leading `/` (`/logs/a` becomes `/a`)."""
     preserve_host: bool = False
+    """Send the client's Host upstream instead of the target's."""
     timeout: Duration | None = None
+    """Total time for a whole exchange (unset: none, so streams may last for hours)."""
     transforms: list[TransformEntry] = []
+    """Response body transforms, applied in order: one-key mappings `NAME: {options}`."""
     request_transforms: list[TransformEntry] = []
+    """Request body transforms, applied in order."""
 
 
 class DemoConfig(_Model):
     host: str = "127.0.0.1"
+    """Address of the bundled demo upstream."""
     port: Port = 9000
+    """Port of the bundled demo upstream."""
     interval: Duration = 0.5
+    """Time between the demo's lines and events."""
 
 
 class Config(_Model):
     server: ServerConfig = ServerConfig()
+    """The proxy listener."""
     admin: AdminConfig | None = None
+    """The admin listener (off when unset)."""
     upstreams: dict[str, UpstreamConfig]
+    """Named groups of targets."""
     routes: list[RouteConfig]
+    """Routes, tried in order."""
     demo: DemoConfig | None = None
+    """Start the bundled demo upstream (a slow streaming source) in-process."""
     _chains: list[Any] = PrivateAttr(default_factory=list)
 
     def chains(self, index: int) -> Any:
