@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from multidict import CIMultiDict
@@ -145,7 +145,8 @@ class Upstream:
 
         Retries on another target when nothing of the request was sent (any method), or when
         the target dropped the connection before answering and the request can be repeated
-        (an idempotent method whose body was not consumed).
+        (an idempotent method). Never when the body stream was read from: it cannot be replayed.
+        A client's body fault (413, a broken upload) is not held against the target.
         """
         assert self.session is not None
         tried: set[Target] = set()
@@ -177,7 +178,7 @@ class Upstream:
                     method,
                     url,
                     headers=headers,
-                    data=body,
+                    data=None if body is None else _Watched(body, body_state),
                     allow_redirects=False,
                     compress=None,
                     chunked=None,
@@ -187,12 +188,18 @@ class Upstream:
                 )
             except BaseException as exc:
                 target.outstanding -= 1
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                if body_state.error is not None:
+                    # The client's body was too large or broke off: not the target's fault.
+                    raise body_state.error from exc
                 error, retry = self._translate(exc, method, body_state)
                 if error is None:
                     raise
                 self._failed(target, error.code)
                 last = error
-                if retry and len(tried) < len(self.targets):
+                # Whatever went wrong, a body stream that was read from cannot be sent again.
+                if retry and not body_state.started and len(tried) < len(self.targets):
                     continue
                 raise error from exc
             target.fails = 0
@@ -203,10 +210,6 @@ class Upstream:
         self, exc: BaseException, method: str, body_state: BodyState
     ) -> tuple[ProxyError | None, bool]:
         """(the proxy error for ``exc``, whether another target may be tried)."""
-        if body_state.error is not None:
-            return body_state.error, False
-        if isinstance(exc, asyncio.CancelledError):
-            return None, False
         repeatable = method in IDEMPOTENT and not body_state.started
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return UpstreamTimeout(f"connecting to upstream {self.name!r} timed out"), True
@@ -248,7 +251,12 @@ class Upstream:
 
 
 class BodyState:
-    """What happened to a request body while it streamed upstream."""
+    """What happened to a request body while it streamed upstream.
+
+    ``started``: something asked the body stream for a chunk, even if none came yet. From then
+    on the stream cannot be sent again (a generator that was iterated, or was cancelled while
+    it waited for the client, yields nothing more), so the request is never retried.
+    """
 
     __slots__ = ("error", "received", "started")
 
@@ -258,13 +266,33 @@ class BodyState:
         self.error: ProxyError | None = None
 
 
+class _Watched:
+    """``body`` as handed to aiohttp for one attempt, marking ``state.started`` on first use.
+
+    A fresh wrapper per attempt around the same stream: an attempt that failed before reading
+    (connection refused, connect timeout) leaves the stream untouched for the next target.
+    """
+
+    __slots__ = ("_it", "_state")
+
+    def __init__(self, body: AsyncIterable[bytes], state: BodyState) -> None:
+        self._it: AsyncIterator[bytes] = aiter(body)
+        self._state = state
+
+    def __aiter__(self) -> _Watched:
+        return self
+
+    def __anext__(self) -> Awaitable[bytes]:
+        self._state.started = True
+        return anext(self._it)
+
+
 async def limited_body(
     source: AsyncIterable[bytes], limit: int, state: BodyState
 ) -> AsyncIterable[bytes]:
     """Stream a request body upstream, stopping with 413 once it passes ``limit``."""
     try:
         async for chunk in source:
-            state.started = True
             state.received += len(chunk)
             if state.received > limit:
                 state.error = PayloadTooLarge(f"the request body is larger than {limit} bytes")
