@@ -290,6 +290,9 @@ def main() -> int:
     except BudgetExceeded as e:
         say(f"aborted: {e}")
         return 3
+    except (RuntimeError, OSError) as e:  # set-up failures (the upstream, the results folder)
+        say(f"cannot run the benchmarks: {e}")
+        return 2
     finally:
         signal.alarm(0)
         procs.stop_all()
