@@ -32,6 +32,7 @@ from .errors import (
     UpstreamBodyError,
     UpstreamBodyTimeout,
     UpstreamTimeout,
+    UpstreamUnavailable,
     error_response,
 )
 from .headers import (
@@ -306,7 +307,17 @@ class Relay:
         upstream_resp: aiohttp.ClientResponse,
         rid: str,
     ) -> tuple[web.StreamResponse, BodyPlan | None]:
+        if upstream_resp.status < 200:
+            # A 1xx as the final answer (an upgrade nobody asked for, a status such as 099)
+            # cannot be relayed as a response: the client could not parse it as one.
+            raise UpstreamUnavailable(
+                f"upstream sent an unusable final status {upstream_resp.status}"
+            )
         headers = end_to_end(upstream_resp.headers)
+        for value in headers.values():
+            if not value.isascii() and not _utf8(value):
+                # aiohttp's writer would drop the undecodable bytes: refuse, don't alter.
+                raise UpstreamUnavailable("upstream sent a header value that is not UTF-8")
         headers[X_REQUEST_ID] = rid
         plan = None
         if route.chains.response and _has_body(request.method, upstream_resp.status):
@@ -377,6 +388,14 @@ class Relay:
             self.metrics.transform_errors.labels(route.name).inc()
             log.error("a transform failed mid-body: %r", exc, extra=extra, exc_info=exc)
         abort(request)
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _has_body(method: str, status: int) -> bool:

@@ -9,6 +9,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -26,6 +27,27 @@ from .errors import (
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Headers aiohttp's client would otherwise add on its own.
 SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept-Encoding", "Content-Type", "Accept"})
+
+
+class PoolConnector(aiohttp.TCPConnector):
+    """A connection pool that never reuses a connection holding unread data.
+
+    An upstream may send bytes on a connection after its response ended (a body longer than its
+    Content-Length, an unsolicited response on an idle keep-alive connection). aiohttp keeps such
+    bytes and would serve them as the answer to the next request on that connection, perhaps
+    another client's (response desync). Such a connection is closed instead of reused. The hook
+    is aiohttp's ``_get`` (its pool look-up); without it this class changes nothing.
+    """
+
+    async def _get(self, key: Any, traces: list[Any]) -> Any:
+        while True:
+            conn = await super()._get(key, traces)
+            if conn is None:
+                return None
+            proto = conn.protocol
+            if proto is None or not proto.should_close:
+                return conn
+            conn.close()
 
 
 class Target:
@@ -82,7 +104,7 @@ class Upstream:
             ssl_ctx = ssl.create_default_context(cafile=self.config.tls.ca_file)
         else:
             ssl_ctx = False
-        connector = aiohttp.TCPConnector(
+        connector = PoolConnector(
             limit=0, limit_per_host=0, ssl=ssl_ctx, keepalive_timeout=30, force_close=False
         )
         self.session = aiohttp.ClientSession(
@@ -218,17 +240,26 @@ class Upstream:
                 UpstreamTimeout(f"upstream {self.name!r} sent no response headers in time"),
                 False,
             )
+        # The detail a client sees names what failed, never what the upstream sent: aiohttp's
+        # exception texts can carry the upstream's partial response.
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return UpstreamUnavailable(
+                f"upstream {self.name!r} failed the TLS handshake (certificate not trusted?)"
+            ), True
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamUnavailable(f"upstream {self.name!r} is unreachable: {exc}"), True
+            reason = exc.os_error.strerror or type(exc.os_error).__name__
+            return UpstreamUnavailable(f"upstream {self.name!r} is unreachable: {reason}"), True
         if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
             return (
-                UpstreamUnavailable(f"upstream {self.name!r} closed the connection: {exc}"),
+                UpstreamUnavailable(f"upstream {self.name!r} closed the connection early"),
                 repeatable,
             )
         if isinstance(exc, aiohttp.ClientResponseError):
             return UpstreamUnavailable(f"upstream {self.name!r} sent an invalid response"), False
         if isinstance(exc, aiohttp.ClientError | OSError):
-            return UpstreamUnavailable(f"upstream {self.name!r} failed: {exc}"), repeatable
+            return UpstreamUnavailable(
+                f"upstream {self.name!r} failed ({type(exc).__name__})"
+            ), repeatable
         return None, False
 
     # -- active health -----------------------------------------------------------------------
