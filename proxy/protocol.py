@@ -1,0 +1,285 @@
+"""The proxy listener's HTTP/1.1 protocol: aiohttp's low-level server with three additions.
+
+1. **JSON errors for what the parser refuses.** aiohttp answers a request it cannot parse (bad
+   framing, an oversize line, too many headers) from ``RequestHandler.handle_error`` as
+   ``text/plain``; :class:`ProxyRequestHandler` answers with the product's JSON error body
+   instead (``{"error", "detail", "request_id"}``, a fresh request id, ``X-Request-ID``) and
+   closes the connection. Oversize header lines and too many headers become 431, like the
+   relay's own head-size check.
+2. **A header read timeout.** A client must deliver a complete request head within
+   ``header_timeout`` seconds: counted from the connection's start for its first request, and
+   from the first byte of each later request on a kept-alive connection. A connection idle
+   between requests is left to aiohttp's ``keepalive_timeout``, as before. A client that
+   dribbles its head (a byte a second) is dropped without an answer. ``0`` disables it.
+3. **A framing gate.** What aiohttp's parser accepts but a proxy must not relay (HTTP/0.9 and
+   HTTP/2.0 request lines, transfer codings other than ``chunked``, header bytes that are not
+   UTF-8) is refused the same way, before the relay sees the request: see
+   :func:`framing_problem`.
+
+:class:`ProxyWebServer` is a drop-in ``web.Server`` whose connections use that handler::
+
+    ProxyWebServer(relay.handle, header_timeout=30.0, keepalive_timeout=75.0, ...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDictProxy
+
+from .errors import error_body
+
+log = logging.getLogger("proxy.protocol")
+
+# The status and error code the client sees for each status aiohttp may hand to handle_error.
+_CODES = {
+    400: "bad_request",
+    413: "request_body_too_large",
+    414: "uri_too_long",
+    431: "request_header_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+    504: "upstream_timeout",
+    505: "http_version_not_supported",
+}
+_DETAILS = {
+    400: "the request is not valid HTTP/1.1",
+    413: "the request body is too large",
+    414: "the request line is too long",
+    431: "the request head is too large",
+    500: "the proxy failed while handling the request",
+    501: "the request uses a feature the proxy does not implement",
+    504: "the request timed out",
+    505: "only HTTP/1.0 and HTTP/1.1 are served",
+}
+
+
+class ProxyRequestHandler(RequestHandler):
+    """One client connection: aiohttp's ``RequestHandler`` plus JSON errors and a head timeout."""
+
+    __slots__ = ("_header_handle", "_header_timeout")
+
+    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._header_handle: asyncio.TimerHandle | None = None
+
+    # -- header read timeout ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_header_timer()  # the first request's head is due from the connection's start
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_handle is None and data and self._idle():
+            # The first byte of a new request head on a kept-alive connection.
+            self._arm_header_timer()
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            # A head was parsed (or refused): it arrived in time. A pipelined head that is
+            # still partial gets its own timer once the handler waits for it again.
+            self._disarm_header_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _idle(self) -> bool:
+        """Is the connection between requests, waiting for the next head?"""
+        waiter = self._waiter
+        return (
+            waiter is not None
+            and not waiter.done()
+            and not self._messages
+            and self._payload_parser is None
+            and not self._upgraded
+        )
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timeout and self._header_timeout > 0 and self._header_handle is None:
+            self._header_handle = self._loop.call_later(
+                self._header_timeout, self._header_timed_out
+            )
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_handle is not None:
+            self._header_handle.cancel()
+            self._header_handle = None
+
+    def _header_timed_out(self) -> None:
+        self._header_handle = None
+        if self.transport is None or self._force_close:
+            return
+        if self._messages or self._current_request is not None:
+            return  # a complete head is being handled; not a slow head
+        log.debug(
+            "dropping %s: no complete request head within %ss", self.peername, self._header_timeout
+        )
+        self.force_close()
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """The JSON error response for a request aiohttp refused or a handler that failed."""
+        status = self._status_for(status, exc)
+        if status >= 500:
+            self.log_exception("error handling request from %s", request.remote, exc_info=exc)
+        else:
+            self.logger.debug("refused a request from %s: %r", request.remote, exc)
+        if request.writer.output_size > 0:
+            # Part of a response already went out: another one cannot follow on this connection.
+            raise ConnectionError("a response was already started; cannot send an error")
+        detail = _DETAILS.get(status, "the request failed")
+        if isinstance(exc, HttpProcessingError) and status < 500:
+            detail = f"{detail}: {_first_line(exc.message)}"
+        return json_error(status, detail)
+
+    def _status_for(self, status: int, exc: BaseException | None) -> int:
+        if status != 400:
+            return status
+        if isinstance(exc, LineTooLong):
+            # aiohttp reports every oversize line as 400; a header line is a 431.
+            limit = exc.args[1] if len(exc.args) > 1 else None
+            if limit == self.max_field_size:
+                return 431
+            return 414
+        if isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+            return 431
+        return 400
+
+
+def _first_line(text: str) -> str:
+    """The parser's message, first line only, without the echoed input; short and printable."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = line.rstrip(":")
+    if "Got more than" in line:
+        line = line.split(" when reading", 1)[0]
+    return "".join(ch if ch.isprintable() else "?" for ch in line)[:200] or "malformed request"
+
+
+def framing_problem(message: RawRequestMessage) -> tuple[int, str] | None:
+    """What the parser lets through but this proxy refuses: ``(status, detail)``, or None.
+
+    - HTTP versions other than 1.0 and 1.1 (llhttp accepts ``GET /`` as HTTP/0.9 and
+      ``HTTP/2.0`` on an HTTP/1 connection).
+    - A ``Transfer-Encoding`` other than exactly ``chunked``: the proxy re-frames every body, so
+      a coding below ``chunked`` (``gzip, chunked``) would silently go upstream as identity (501).
+      In HTTP/1.0 any ``Transfer-Encoding`` makes the framing faulty (RFC 9112 §6.1, 400).
+    - Header names or values that are not valid UTF-8: aiohttp would re-encode them lossily
+      (the C writer drops the undecodable bytes), so the upstream would see different bytes.
+    """
+    headers = message.headers
+    if not isinstance(headers, CIMultiDictProxy):
+        return None  # aiohttp's placeholder for a request its parser refused
+    version = message.version
+    if version < HttpVersion10:
+        return 400, "the request line has no HTTP/1.x version"
+    if version > HttpVersion11:
+        return 505, f"HTTP/{version.major}.{version.minor} is not served"
+    codings = headers.getall("Transfer-Encoding", ())
+    if codings:
+        if version == HttpVersion10:
+            return 400, "Transfer-Encoding is not allowed in an HTTP/1.0 request"
+        tokens = [t.strip().lower() for value in codings for t in value.split(",")]
+        if tokens != ["chunked"]:
+            return 501, "only 'Transfer-Encoding: chunked' is supported"
+    for name, value in headers.items():
+        if undecodable(name) or undecodable(value):
+            return 400, "a header name or value is not valid UTF-8"
+    return None
+
+
+def undecodable(text: str) -> bool:
+    """Does the text hold a byte the parser could not decode (a surrogate escape)?"""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+_RequestKey = getattr(web, "RequestKey", None)  # aiohttp >= 3.13; a plain key before
+_REFUSAL: Any = _RequestKey("proxy_refusal", tuple) if _RequestKey else "proxy_refusal"
+
+
+class ProxyWebServer(web.Server):
+    """``web.Server`` whose connections are :class:`ProxyRequestHandler` s.
+
+    A request the parser accepted but :func:`framing_problem` refuses is answered with a JSON
+    error (and the connection closed) before ``handler`` sees it.
+    """
+
+    def __init__(self, handler: Handler, *, header_timeout: float = 30.0, **kwargs: Any) -> None:
+        kwargs.setdefault("request_factory", self._make_proxy_request)
+        super().__init__(self._gate(handler), **kwargs)
+        self.header_timeout = header_timeout
+
+    def __call__(self) -> RequestHandler:
+        return ProxyRequestHandler(
+            self, header_timeout=self.header_timeout, loop=self._loop, **self._kwargs
+        )
+
+    def _make_proxy_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        try:
+            refusal = framing_problem(message)
+        except Exception:  # never let a check kill the connection's task: refuse instead
+            log.exception("the framing check failed")
+            refusal = (400, "the request could not be checked")
+        if refusal is not None:
+            # Answer in HTTP/1.0, like aiohttp's own parser errors, whatever the line claimed.
+            message = message._replace(version=HttpVersion10, should_close=True)
+        request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+        if refusal is not None:
+            request[_REFUSAL] = refusal
+        return request
+
+    @staticmethod
+    def _gate(handler: Handler) -> Handler:
+        async def gate(request: web.BaseRequest) -> web.StreamResponse:
+            refusal = request.get(_REFUSAL)
+            if refusal is not None:
+                status, detail = refusal
+                return json_error(status, detail)
+            return await handler(request)
+
+        return gate
+
+
+def json_error(status: int, detail: str, request_id: str | None = None) -> web.Response:
+    """A JSON error response that closes the connection, with a fresh request id."""
+    rid = request_id or uuid.uuid4().hex
+    resp = web.Response(
+        status=status,
+        body=error_body(_CODES.get(status, "error"), detail, rid),
+        content_type="application/json",
+        headers={"X-Request-ID": rid},
+    )
+    resp.force_close()
+    return resp
