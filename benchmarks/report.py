@@ -54,7 +54,8 @@ def _ratio(metric: Metric, mine: object, other: object) -> str:
         return ""
     if other == 0:
         return ""
-    return f"{mine / other:.2f}x"
+    r = mine / other
+    return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"  # 0.0016x, not 0.00x
 
 
 def table(measures: list[Measure], med: Medians) -> str:
