@@ -122,11 +122,11 @@ class ServerConfig(_Model):
     """How long in-flight streams may finish after SIGTERM/SIGINT."""
     max_request_body: Size = 100 * 1024**2
     """Larger request bodies get 413, checked while they stream."""
-    max_header_size: Annotated[Size, Field(ge=1024)] = 16 * 1024
+    max_header_size: Annotated[Size, Field(ge=1024, le=1024**2)] = 16 * 1024
     """Larger request heads get 431."""
-    max_url_length: Annotated[Size, Field(ge=64)] = 8 * 1024
+    max_url_length: Annotated[Size, Field(ge=64, le=1024**2)] = 8 * 1024
     """Longer request targets get 400."""
-    max_header_count: Annotated[int, Field(ge=1)] = 100
+    max_header_count: Annotated[int, Field(ge=1, le=10_000)] = 100
     """More request header fields get 431."""
     header_timeout: Duration = 30.0
     """A client must send its whole request head within this time."""
@@ -276,13 +276,15 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
 def key_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
-    """``('routes', 1, 'upstream')`` → ``routes[1].upstream``."""
+    """``('routes', 1, 'upstream')`` → ``routes[1].upstream``; always one printable line."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            name = str(part)
+            name = name if name.isprintable() else repr(name)
+            out += f".{name}" if out else name
     return out or "(top level)"
 
 
@@ -402,6 +404,13 @@ def _structure_problems(exc: ValidationError) -> list[str]:
 
 def validate_data(data: Any) -> Config:
     """Validate already-parsed YAML data; raise ConfigError with every problem."""
+    try:
+        return _validate(data)
+    except RecursionError:
+        raise ConfigError(["(top level): the configuration is nested too deeply"]) from None
+
+
+def _validate(data: Any) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(["(top level): expected a mapping with server, upstreams and routes"])
     problems: list[str] = []
@@ -436,8 +445,16 @@ def load_config_text(text: str, source: str = DEFAULT_PATH) -> Config:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
         raise ConfigError([f"{source}: {where}{problem}"]) from None
+    except RecursionError:
+        raise ConfigError(
+            [f"{source}: the YAML is nested too deeply or refers to itself"]
+        ) from None
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        # A badly tagged scalar (!!int x, !!timestamp 2001-13-45) fails inside the YAML loader.
+        detail = " ".join(str(exc).split())[:200]
+        raise ConfigError([f"{source}: a YAML value cannot be read: {detail}"]) from None
     return validate_data(data)
 
 

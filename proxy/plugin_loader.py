@@ -78,10 +78,11 @@ def build_stage(entry: Any, path: str, problems: list[str]) -> TransformStage | 
         return None
     ((name, options),) = entry.items()
     name = str(name)
+    at = f"{path}.{name if name.isprintable() else repr(name)}"
     if options is None:
         options = {}
     if not isinstance(options, dict):
-        problems.append(f"{path}.{name}: options must be a mapping")
+        problems.append(f"{at}: options must be a mapping")
         return None
     options = dict(options)
     globs = options.pop("content_types", None)
@@ -92,7 +93,7 @@ def build_stage(entry: Any, path: str, problems: list[str]) -> TransformStage | 
             raise ValueError("must be a list of media type globs such as 'text/*'")
         matcher = ContentTypeMatcher(globs)
     except ValueError as exc:
-        problems.append(f"{path}.{name}.content_types: {exc}")
+        problems.append(f"{at}.content_types: {exc}")
         return None
     try:
         factory = resolve_factory(name)
@@ -109,18 +110,18 @@ def build_stage(entry: Any, path: str, problems: list[str]) -> TransformStage | 
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
                 loc, msg = _describe(err)
-                problems.append(f"{path}.{name}{'.' if loc else ''}{key_path(loc)}: {msg}")
+                problems.append(f"{at}{'.' if loc else ''}{key_path(loc)}: {msg}")
             return None
     try:
         transform = factory(**options)
     except (ValueError, TypeError) as exc:
-        problems.append(f"{path}.{name}: {exc}")
+        problems.append(f"{at}: {' '.join(str(exc).split())}")
         return None
     except Exception as exc:
-        problems.append(f"{path}.{name}: the transform failed to start: {exc!r}")
+        problems.append(f"{at}: the transform failed to start: {exc!r}")
         return None
     if not callable(transform):
-        problems.append(f"{path}.{name}: the factory returned {transform!r}, not a transform")
+        problems.append(f"{at}: the factory returned {type(transform).__name__}, not a transform")
         return None
     return TransformStage(name=name, transform=transform, content_types=matcher, path=path)
 

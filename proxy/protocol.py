@@ -67,10 +67,11 @@ _DETAILS = {
 class ProxyRequestHandler(RequestHandler):
     """One client connection: aiohttp's ``RequestHandler`` plus JSON errors and a head timeout."""
 
-    __slots__ = ("_header_handle", "_header_timeout")
+    __slots__ = ("_header_handle", "_header_timeout", "_server")
 
-    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, manager: ProxyWebServer, *, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._server = manager
         self._header_timeout = header_timeout
         self._header_handle: asyncio.TimerHandle | None = None
 
@@ -78,6 +79,19 @@ class ProxyRequestHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        limit = self._server.max_connections
+        if limit is not None and len(self._server.connections) > limit:
+            # Over server.max_connections: a 503 at once, before reading anything.
+            rid = uuid.uuid4().hex
+            body = error_body("too_many_connections", "the proxy is at its connection limit", rid)
+            head = (
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nX-Request-ID: {rid}\r\n"
+                "Connection: close\r\nRetry-After: 1\r\n\r\n"
+            )
+            transport.write(head.encode() + body)  # type: ignore[attr-defined]
+            self.force_close()
+            return
         self._arm_header_timer()  # the first request's head is due from the connection's start
 
     def data_received(self, data: bytes) -> None:
@@ -229,10 +243,18 @@ class ProxyWebServer(web.Server):
     error (and the connection closed) before ``handler`` sees it.
     """
 
-    def __init__(self, handler: Handler, *, header_timeout: float = 30.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        header_timeout: float = 30.0,
+        max_connections: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("request_factory", self._make_proxy_request)
         super().__init__(self._gate(handler), **kwargs)
         self.header_timeout = header_timeout
+        self.max_connections = max_connections
 
     def __call__(self) -> RequestHandler:
         return ProxyRequestHandler(

@@ -259,7 +259,7 @@ class Relay:
                 if isinstance(exc, ProxyError):
                     raise
                 log.exception("request failed before its response", extra={"request_id": rid})
-                raise UpstreamBodyError(f"the proxy failed: {exc!r}") from exc
+                raise UpstreamBodyError("the proxy failed while handling the request") from exc
             self._mid_stream_failure(request, route, exc, rid, rec)
             return response
         finally:

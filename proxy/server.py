@@ -19,6 +19,7 @@ from .admin import admin_app
 from .config import Config, ConfigError, load_config
 from .demo import demo_app
 from .metrics import Metrics
+from .protocol import ProxyWebServer
 from .relay import Relay
 from .runtime import Runtime
 
@@ -74,15 +75,19 @@ class ProxyServer:
             return
         await self.runtime.start()
         self._watch_targets(self.runtime)
-        server = web.Server(
+        server = ProxyWebServer(
             self.relay.handle,
+            header_timeout=cfg.server.header_timeout,
+            max_connections=cfg.server.max_connections,
             handler_cancellation=True,
             access_log=None,
             auto_decompress=False,
             keepalive_timeout=cfg.server.keepalive_timeout,
             max_line_size=max(cfg.server.max_url_length + 64, 8190),
             max_field_size=cfg.server.max_header_size,
-            max_headers=cfg.server.max_header_count + 1,
+            # The pure-Python parser counts the request line and the blank line too; the relay
+            # enforces the exact count.
+            max_headers=cfg.server.max_header_count + 2,
             lingering_time=2.0,
         )
         runner = web.ServerRunner(server, shutdown_timeout=cfg.server.shutdown_grace)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -26,12 +27,17 @@ def parse_duration(value: object) -> float:
     """Seconds from ``250ms``, ``5s``, ``2m``, ``1h`` or a plain number of seconds."""
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    else:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 250ms, 5s, 2m, or seconds)")
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := _DURATION.match(value)):
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        else:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 250ms, 5s, 2m, or seconds)")
+    except OverflowError:
+        raise ValueError(f"a duration too large: {_short(value)}") from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number: {_short(value)}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative: {value!r}")
     return seconds
@@ -47,9 +53,17 @@ def parse_size(value: object) -> int:
         size = int(value)
     elif isinstance(value, str) and (m := _SIZE.match(value)):
         unit = m.group(2).lower() if m.group(2) else None
-        size = int(float(m.group(1)) * _SIZE_UNITS[unit])
+        number = float(m.group(1)) * _SIZE_UNITS[unit]
+        if not math.isfinite(number):
+            raise ValueError(f"a size too large: {_short(value)}")
+        size = int(number)
     else:
         raise ValueError(f"not a size: {value!r} (use e.g. 512KiB, 100MiB, or bytes)")
     if size < 0:
         raise ValueError(f"a size cannot be negative: {value!r}")
     return size
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

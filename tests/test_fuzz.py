@@ -270,7 +270,7 @@ def _deep(levels: int) -> dict[str, Any]:
     return {**VALID, "server": data}
 
 
-# Each finding, pinned by examples. These are xfail until the lead fixes them (see the report).
+# Each finding, pinned by examples: config loading never raises anything but ConfigError.
 OVERFLOW = [
     _with_server(max_request_body="9" * 400),
     _with_server(max_header_size="9" * 400 + "KiB"),
@@ -298,69 +298,35 @@ ONE_LINE = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: units.parse_size/parse_duration raise OverflowError on numbers too large "
-    "for a float; it escapes validate_data as a traceback",
-)
 @pytest.mark.parametrize("data", OVERFLOW)
 def test_numbers_too_large_are_config_errors(data: dict[str, Any]) -> None:
     check_validate_data(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: NaN and infinite durations (YAML .nan/.inf, or a decimal string too "
-    "large for a float) are accepted; units.parse_duration must refuse non-finite values",
-)
 @pytest.mark.parametrize("data", NON_FINITE)
 def test_non_finite_durations_are_config_errors(data: dict[str, Any]) -> None:
     check_validate_data(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a recursive YAML alias or deep nesting raises RecursionError out of "
-    "load_config_text/validate_data instead of a ConfigError",
-)
 @pytest.mark.parametrize("text", NESTING)
 def test_recursive_or_deeply_nested_yaml_is_a_config_error(text: str) -> None:
     check_load_config_text(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a deeply nested mapping raises RecursionError out of validate_data",
-)
 def test_deeply_nested_data_is_a_config_error() -> None:
     check_validate_data(_deep(3000))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: PyYAML raises ValueError/KeyError/AttributeError/IndexError (not "
-    "YAMLError) for a bad explicitly tagged scalar; load_config_text lets them escape",
-)
 @pytest.mark.parametrize("text", YAML_TAGS)
 def test_a_bad_tagged_yaml_scalar_is_a_config_error(text: str) -> None:
     check_load_config_text(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a problem can span several lines of 'check' output: a key holding a line "
-    "break is printed raw in its key path (config.key_path, plugin_loader.build_stage), and "
-    "PyYAML's reader errors (a control character) are multi-line (config.load_config_text)",
-)
 @pytest.mark.parametrize("text", ONE_LINE)
 def test_every_problem_is_one_line(text: str) -> None:
     check_load_config_text(text)
 
 
-FINDINGS = "until the config findings above are fixed (their examples are pinned here)"
-
-
-@pytest.mark.xfail(strict=True, reason=FINDINGS)
 @with_seed
 @fuzz_settings(300)
 @given(data=CONFIG)
@@ -423,7 +389,6 @@ YAML_TEXT = st.one_of(
 )
 
 
-@pytest.mark.xfail(strict=True, reason=FINDINGS)
 @with_seed
 @fuzz_settings(300)
 @given(text=YAML_TEXT)
