@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -35,22 +36,24 @@ def demo_app(interval: float, limit: int | None = None) -> web.Application:
         resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await resp.prepare(request)
         count = int(request.query.get("n", limit or 0)) or None
-        for i in itertools.islice(itertools.count(), count):
-            stamp = time.strftime("%H:%M:%S")
-            await resp.write(f"{stamp} {LINES[i % len(LINES)]}\n".encode())
-            await asyncio.sleep(interval)
-        await resp.write_eof()
+        with contextlib.suppress(ConnectionError):  # the reader went away: nothing to do
+            for i in itertools.islice(itertools.count(), count):
+                stamp = time.strftime("%H:%M:%S")
+                await resp.write(f"{stamp} {LINES[i % len(LINES)]}\n".encode())
+                await asyncio.sleep(interval)
+            await resp.write_eof()
         return resp
 
     async def events(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         count = int(request.query.get("n", limit or 0)) or None
-        for i in itertools.islice(itertools.count(), count):
-            data = json.dumps({"seq": i, "line": LINES[i % len(LINES)]})
-            await resp.write(f"id: {i}\ndata: {data}\n\n".encode())
-            await asyncio.sleep(interval)
-        await resp.write_eof()
+        with contextlib.suppress(ConnectionError):
+            for i in itertools.islice(itertools.count(), count):
+                data = json.dumps({"seq": i, "line": LINES[i % len(LINES)]})
+                await resp.write(f"id: {i}\ndata: {data}\n\n".encode())
+                await asyncio.sleep(interval)
+            await resp.write_eof()
         return resp
 
     app = web.Application()
