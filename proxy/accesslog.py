@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import sys
 import time
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, TextIO
 
 
@@ -45,33 +46,51 @@ class AccessRecord:
         self.response: Any = None  # the prepared response, once headers went out
 
 
+def _s(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
 class AccessLog:
+    """Writes the records as JSON lines; the lines of one event-loop turn go out in one write."""
+
     def __init__(self, stream: TextIO | None = None, enabled: bool = True) -> None:
         self.stream = stream
         self.enabled = enabled
+        self._pending: list[str] = []
+        self._second = -1
+        self._stamp = ""
 
     def write(self, rec: AccessRecord, end: float) -> None:
         if not self.enabled:
             return
-        line = json.dumps(
-            {
-                "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.wall))
-                + f".{int(rec.wall * 1000) % 1000:03d}Z",
-                "request_id": rec.request_id,
-                "method": rec.method,
-                "path": rec.path,
-                "route": rec.route,
-                "upstream": rec.upstream,
-                "target": rec.target,
-                "status": rec.status,
-                "bytes_in": rec.bytes_in,
-                "bytes_out": rec.bytes_out,
-                "ttfb_ms": None if rec.ttfb is None else round((rec.ttfb - rec.start) * 1000, 3),
-                "duration_ms": round((end - rec.start) * 1000, 3),
-                "outcome": rec.outcome,
-            },
-            separators=(",", ":"),
+        wall = rec.wall
+        second = int(wall)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        ttfb = "null" if rec.ttfb is None else repr(round((rec.ttfb - rec.start) * 1000, 3))
+        line = (
+            f'{{"ts":"{self._stamp}.{int(wall * 1000) % 1000:03d}Z",'
+            f'"request_id":{_s(rec.request_id)},"method":{_s(rec.method)},'
+            f'"path":{_s(rec.path)},"route":{_s(rec.route)},"upstream":{_s(rec.upstream)},'
+            f'"target":{_s(rec.target)},"status":{int(rec.status)},'
+            f'"bytes_in":{int(rec.bytes_in)},"bytes_out":{int(rec.bytes_out)},'
+            f'"ttfb_ms":{ttfb},"duration_ms":{round((end - rec.start) * 1000, 3)!r},'
+            f'"outcome":{_s(rec.outcome)}}}\n'
         )
+        if not self._pending:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop (a direct call): write at once
+                self._pending.append(line)
+                self.flush()
+                return
+        self._pending.append(line)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
         stream = self.stream or sys.stdout
-        stream.write(line + "\n")
+        stream.write("".join(lines))
         stream.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -64,7 +65,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="liveall",
         )
-        self._children: dict[tuple[str, ...], object] = {}
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self.refresh: Callable[[], None] | None = None  # brings state gauges up to date
 
     def set_target(self, upstream: str, target: str, up: bool) -> None:
@@ -73,14 +74,18 @@ class Metrics:
     def request_done(
         self, route: str, upstream: str, status: int, seconds: float, body_bytes: int
     ) -> None:
-        key = ("r", route, upstream, str(status))
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.requests.labels(route, upstream, str(status))
-        child.inc()  # type: ignore[attr-defined]
-        self.duration.labels(route).observe(seconds)
+        children = self._children.get((route, upstream, status))
+        if children is None:
+            children = self._children[(route, upstream, status)] = (
+                self.requests.labels(route, upstream, str(status)),
+                self.duration.labels(route),
+                self.response_bytes.labels(route),
+            )
+        requests, duration, response_bytes = children
+        requests.inc()
+        duration.observe(seconds)
         if body_bytes:
-            self.response_bytes.labels(route).inc(body_bytes)
+            response_bytes.inc(body_bytes)
 
     def exposition(self) -> bytes:
         if self.refresh is not None:

@@ -333,7 +333,11 @@ class Relay:
                 ) from None
         if parse_content_type(headers.get("Content-Type"))[0] == "text/event-stream":
             headers["X-Accel-Buffering"] = "no"
-        response = web.StreamResponse(
+        # When the body's first bytes are already here and go out untransformed, the head can
+        # leave in the same write as them: one system call less, and no later for the client.
+        content = upstream_resp.content
+        ready = plan is None and (content.total_bytes > 0 or content.is_eof())
+        response = (_HeadWithBody if ready else web.StreamResponse)(
             status=upstream_resp.status, reason=upstream_resp.reason, headers=headers
         )
         return response, plan
@@ -388,6 +392,12 @@ class Relay:
             self.metrics.transform_errors.labels(route.name).inc()
             log.error("a transform failed mid-body: %r", exc, extra=extra, exc_info=exc)
         abort(request)
+
+
+class _HeadWithBody(web.StreamResponse):
+    """A response whose head is written together with the first body bytes (or the end)."""
+
+    _send_headers_immediately = False
 
 
 def _utf8(value: str) -> bool:

@@ -191,6 +191,7 @@ class ProxyServer:
         for runner in reversed(self._runners):
             if runner is not self._proxy_runner:
                 await runner.cleanup()
+        self.access_log.flush()
         self.stopped.set()
         log.info("stopped")
 

@@ -233,6 +233,8 @@ async def test_hop_by_hop_headers_are_dropped_both_ways(
     ):
         assert gone not in names
     assert [v for k, v in headers if k.lower() == "x-keep"] == ["1", "2"]
+    for added in ("user-agent", "accept", "accept-encoding", "content-type"):
+        assert added not in names  # the proxy adds no headers of an HTTP client's own
     values = {k.lower(): v for k, v in headers}
     assert values["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
     assert values["x-forwarded-proto"] == "http"
