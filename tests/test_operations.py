@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -176,6 +177,51 @@ async def test_sighup_reloads_a_valid_config_and_keeps_the_old_on_errors(tmp_pat
                     pass
             async with s.get(f"http://127.0.0.1:{port}/v2/logs?n=1") as r:
                 assert r.status == 200  # still the last valid config
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_the_readme_run_command_serves_the_demo_stream_redacted_and_tagged() -> None:
+    port, admin, demo = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "PROXY_PORT": str(port),
+        "PROXY_ADMIN_PORT": str(admin),
+        "PROXY_DEMO_PORT": str(demo),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "-c",
+        "proxy.yaml",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(20):
+            while b"listening" not in (line := await proc.stderr.readline()):
+                assert line, "the proxy exited before listening"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{port}/demo/logs") as r:
+                assert r.status == 200
+                lines = [await asyncio.wait_for(r.content.readline(), 5) for _ in range(7)]
+            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                metrics = await r.text()
+        text = b"".join(lines).decode()
+        assert [line.split(b"] ", 1)[0] for line in lines] == [
+            f"[demo #{n}".encode() for n in range(1, 8)
+        ]
+        assert "hunter2" not in text and "sk-demo" not in text and "AKIAFAKE" not in text
+        assert text.count("[REDACTED]") == 3
+        assert 'proxy_redactions_total{route="demo"} 3.0' in metrics
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:
