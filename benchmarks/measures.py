@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 
 import load
@@ -54,7 +55,7 @@ class Measure:
     columns: dict[str, str]  # table column -> peer name
     metrics: list[Metric]
     run: Callable[[Peer, Ctx], Result]
-    notes: list[str] = field(default_factory=list)
+    timed: bool = True  # False: memory only (no quiet-wait, no core 0 noise figure)
 
 
 # ---------------------------------------------------------------- M1
@@ -139,6 +140,26 @@ def m3(peer: Peer, ctx: Ctx) -> Result:
 # ---------------------------------------------------------------- M4
 
 
+@contextmanager
+def fresh(peer: Peer) -> Iterator[Peer]:
+    """A new instance of ``peer`` for one memory measurement, stopped afterwards.
+
+    A process that already served earlier runs keeps freed memory resident and reuses it, so
+    its RSS would not grow for what the measurement adds."""
+    if peer.spawn is None:
+        yield peer
+        return
+    new = peer.spawn()
+    try:
+        if not new.available or new.pid is None:
+            first = new.note.splitlines()[0] if new.note else "?"
+            raise RuntimeError(f"a fresh instance did not start: {first}")
+        yield new
+    finally:
+        if new.proc is not None:
+            new.proc.stop()
+
+
 def _rss_sampler(root: int) -> Callable[[], int]:
     pids = tree(root)
     return lambda: sum(rss_kib(p) for p in pids)
@@ -148,6 +169,11 @@ IDLE_STREAMS = 1000
 
 
 def m4_idle(peer: Peer, ctx: Ctx) -> Result:
+    with fresh(peer) as p:
+        return _m4_idle(p, ctx)
+
+
+def _m4_idle(peer: Peer, ctx: Ctx) -> Result:
     assert peer.pid is not None
     url = f"{peer.url}/idle?hold=90"
     sample = _rss_sampler(peer.pid)
@@ -173,10 +199,16 @@ def m4_idle(peer: Peer, ctx: Ctx) -> Result:
 
 
 def m4_slow(peer: Peer, ctx: Ctx) -> Result:
+    with fresh(peer) as p:
+        return _m4_slow(p, ctx)
+
+
+def _m4_slow(peer: Peer, ctx: Ctx) -> Result:
     assert peer.pid is not None
     size, rate = ctx.slow_size, 20 * load.MB
     url = f"{peer.url}/big?size={size}"
     sample = _rss_sampler(peer.pid)
+    time.sleep(0.5)
     base = min(sample() for _ in range(3))
 
     async def go() -> tuple[int, float, list[int]]:
@@ -323,6 +355,7 @@ MEASURES: list[Measure] = [
             Metric("opened", "streams held", "higher", 0),
         ],
         m4_idle,
+        timed=False,
     ),
     Measure(
         "M4s",
@@ -333,6 +366,7 @@ MEASURES: list[Measure] = [
             Metric("read_mbps", "reader MB/s", "", 1),
         ],
         m4_slow,
+        timed=False,
     ),
     Measure("M5r1", "M5 redact, 1 pattern, 64 MiB text", M5_PEERS, REDACT_METRICS, m5_r1),
     Measure("M5r10", "M5 redact, 10 patterns, 64 MiB text", M5_PEERS, REDACT_METRICS, m5_r10),

@@ -13,7 +13,7 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -71,7 +71,7 @@ def make_app(upstream: str, transforms: bool) -> web.Application:
             await resp.write_eof()
             return resp
 
-    async def lifespan(app: web.Application):  # type: ignore[no-untyped-def]
+    async def lifespan(app: web.Application) -> AsyncIterator[None]:
         nonlocal session
         # limit=0: the default pool of 100 would cap the 1,000 idle streams of M4.
         session = aiohttp.ClientSession(

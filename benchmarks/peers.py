@@ -6,11 +6,13 @@ untouched; ``/r1/``, ``/r10/``, ``/tag/`` (prefix stripped) go through the M5 re
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 PROXY_CPU = "0"  # the proxy under test
 LOAD_CPU = "1"  # upstream, wrk and the Python load client
 BOTH_CPUS = "0,1"
+_FRESH = itertools.count(1)  # names the extra instances that M4 starts
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Peer:
     proc: Proc | None = None
     note: str = ""
     skipped: dict[str, str] = field(default_factory=dict)  # M5 route -> why it is n/a here
+    spawn: Callable[[], Peer] | None = None  # starts a new instance of the same (for M4)
     info: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -92,12 +96,13 @@ def start_upstream(logdir: Path, lifetime: float) -> tuple[Proc, int]:
     return proc, port
 
 
-def start_naive(logdir: Path, upstream: int) -> Peer:
+def start_naive(logdir: Path, upstream: int, tag: str = "") -> Peer:
     port = free_port()
     argv = [sys.executable, str(HERE / "naive_proxy.py"), "--port", str(port)]
     argv += ["--upstream", f"http://127.0.0.1:{upstream}", "--transforms"]
-    proc = Proc("naive", pinned(argv, PROXY_CPU), logdir).start()
+    proc = Proc(f"naive{tag}", pinned(argv, PROXY_CPU), logdir).start()
     peer = Peer("naive", f"http://127.0.0.1:{port}", proc.pid, proc)
+    peer.spawn = lambda: start_naive(logdir, upstream, f"-fresh{next(_FRESH)}")
     return _started(peer, port, M5_ROUTES)
 
 
@@ -139,7 +144,7 @@ def proxy_config(
 
 
 def _launch_proxy(
-    logdir: Path, upstream: int, workers: int, python: str, m5_routes: list[str], attempt: int
+    logdir: Path, upstream: int, workers: int, python: str, m5_routes: list[str], attempt: str
 ) -> Peer:
     name = "proxy" if workers == 1 else f"proxy-w{workers}"
     port, admin = free_port(), free_port()
@@ -165,10 +170,13 @@ def start_proxy(logdir: Path, upstream: int, workers: int, python: str) -> Peer:
     first: Peer | None = None
     skipped: dict[str, str] = {}
     for attempt in range(1, 4):
-        peer = _launch_proxy(logdir, upstream, workers, python, routes, attempt)
+        peer = _launch_proxy(logdir, upstream, workers, python, routes, str(attempt))
         first = first or peer
         if peer.available:
             peer.skipped = skipped
+            peer.spawn = lambda ok=list(routes): _launch_proxy(
+                logdir, upstream, workers, python, ok, f"fresh{next(_FRESH)}"
+            )
             return peer
         text = peer.proc.stderr_tail() if peer.proc else ""
         bad: dict[str, str] = {}
@@ -283,14 +291,16 @@ BUFFERS_64K = (
 )
 
 
-def start_nginx(logdir: Path, upstream: int, workers: int, log: list[str]) -> list[Peer]:
+def start_nginx(
+    logdir: Path, upstream: int, workers: int, log: list[str], tag: str = ""
+) -> list[Peer]:
     """nginx with default buffers (``nginx``) and 64k buffers (``nginx-64k``) on two ports."""
     base = "nginx" if workers == 1 else f"nginx-w{workers}"
     names = [base] if workers > 1 else [base, f"{base}-64k"]
     binary = ensure_tool("nginx", ["nginx-light", "nginx"], log)
     if binary is None:
         return [Peer(n, None, note="n/a: nginx is not installed and could not be") for n in names]
-    workdir = logdir / base
+    workdir = logdir / f"{base}{tag}"
     workdir.mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in names]
     servers = {ports[0]: ""} | ({ports[1]: BUFFERS_64K} if len(ports) > 1 else {})
@@ -298,10 +308,13 @@ def start_nginx(logdir: Path, upstream: int, workers: int, log: list[str]) -> li
     conf.write_text(nginx_config(workdir, upstream, servers, workers))
     argv = [binary, "-p", str(workdir), "-c", str(conf)]
     cpus = PROXY_CPU if workers == 1 else BOTH_CPUS
-    proc = Proc(base, pinned(argv, cpus), logdir).start()
+    proc = Proc(f"{base}{tag}", pinned(argv, cpus), logdir).start()
     peers = []
     for name, port in zip(names, ports, strict=True):
         peer = Peer(name, f"http://127.0.0.1:{port}", proc.pid, proc)
+        peer.spawn = lambda name=name: _pick(
+            start_nginx(logdir, upstream, workers, log, f"-fresh{next(_FRESH)}"), name
+        )
         peers.append(peer)
         if not wait_port(port, proc, 20.0):
             peer.url, peer.note = None, f"n/a: nginx did not start: {proc.stderr_tail()}"
@@ -310,6 +323,10 @@ def start_nginx(logdir: Path, upstream: int, workers: int, log: list[str]) -> li
         if problem:
             peer.url, peer.note = None, f"n/a: {problem}"
     return peers
+
+
+def _pick(peers: list[Peer], name: str) -> Peer:
+    return next(p for p in peers if p.name == name)
 
 
 def direct(upstream: int) -> Peer:

@@ -141,7 +141,8 @@ def run_one(
         return {"na": peer.skipped[m.id[2:]]}
     if m.id.startswith("M1") and not tools["wrk"]:
         return {"na": "n/a: wrk is not installed"}
-    pinned = procs.can_pin() and not m.id.endswith("w2")
+    # M4 measures memory in fresh instances: the noise figure would count them as "other"
+    pinned = procs.can_pin() and not m.id.endswith("w2") and m.timed
     waited = wait_quiet(int(peers.PROXY_CPU), 15.0, quiet_wait) if pinned and quiet_wait else 0.0
     # how busy the proxy's core was with anything but the peer: the noise of a shared machine
     core = CoreMeter(int(peers.PROXY_CPU))
