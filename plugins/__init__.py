@@ -1,0 +1,1 @@
+"""Built-in body transforms: ``redact`` and ``tag_lines``."""

@@ -1,0 +1,787 @@
+r"""The built-in ``redact`` transform: regex redaction of a streamed text body.
+
+Reference result (:func:`redact_reference`): decode the whole body with its charset
+(``errors='surrogateescape'``, so undecodable bytes survive), apply
+``re.sub(pattern, replacement, text)`` for each pattern in order, encode back the same way. The
+stream produces exactly that, byte for byte, however the body is split, as long as deciding a
+match needs at most ``max_match`` characters of held-back text.
+
+Each pattern is a *stage* fed with decoded text; stage ``k + 1`` reads stage ``k``'s output. A
+stage keeps a buffer: some already consumed text (context, so that ``^``, ``\b`` and
+lookbehinds see what they would see in the whole text: searches start at ``pos=``) followed by
+the held, undecided text.
+
+When is a match final?
+----------------------
+``re`` finds matches by trying paths in a fixed order and taking the first that succeeds. A
+result found in the text available so far may change once more text arrives only if some path
+tried before the successful one (or that one itself) needed to read past the end of the available
+text: a greedy ``a+`` asking for one more ``a``, ``abcd`` in ``abcd|ab`` running into the end,
+``$``, ``\b`` or a lookahead looking at the next character.
+
+To know where that happens, each pattern is compiled a second time (still with ``re``, so with
+exactly the same character classes and the same order of paths) with a sentinel character Σ (one
+that does not occur in the text) appended to the text:
+
+* every character test ``C`` becomes ``(?:C|Σ|(?<=Σ))``: reading past the end consumes Σ, and
+  past Σ everything matches without consuming;
+* ``$``, ``\Z``, ``\b``, ``\B`` consume Σ when their answer depends on the next character;
+  a lookahead whose first successful path went past the end makes the whole path go past the
+  end (a named marker group records it); a backreference may end up past the end when the text
+  ends within the group's width; a lookbehind with an end assertion in it, near the end.
+
+A match of this rewritten pattern is the first path, in ``re``'s order, that either succeeds
+within the text or reaches past its end. If it ends within the text, it is exactly the match ``re``
+finds on the whole body: final. If it ends past the end, its start is the *frontier*: the text
+before it can never be part of a match and is released at once; the rest is held. Matches and
+their groups are taken from ``re`` itself in lock-step (and checked against the rewritten
+pattern's). ``re.sub``'s rules for empty matches are kept by restarting ``finditer`` where an
+empty match was committed and skipping that match.
+
+Speed: the rewritten form blocks ``re``'s fast literal search, so the pattern searched over the
+whole chunk keeps its leading part unchanged (the longest prefix that looks at most 64 characters
+ahead, e.g. ``password=``) and its next node too if it is a repeated single character test
+(``\S+``), with Σ added to the class; only positions within that many characters of the end are
+then checked with the fully rewritten pattern. The common path (no match near the end of the
+chunk) is one ``re`` search over the chunk and one over its last few characters.
+
+Fail closed: when the held text of a stage grows beyond ``max_match`` characters it is replaced
+by the replacement (group references expanded as empty), counted as a redaction, and the stage
+goes into *overflow*: it keeps the first ``max_match`` characters of the runaway match plus the
+most recent text and swallows what follows for as long as that match may still be going on (the
+rest of a 10 KiB ``password=\S+`` token, of an unterminated string...); scanning resumes where
+``re`` ends it. Held text never leaks. Patterns whose decision needs a long look-ahead even for a
+short match (``a.*z|a`` must know whether a ``z`` follows) are also subject to this rule.
+
+Unsupported (rejected at load): a lookahead inside a lookbehind.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from re import _constants as sre  # type: ignore[attr-defined]
+from re import _parser as sre_parse  # type: ignore[attr-defined]
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = ["Options", "Redact", "RedactStream", "parse_size", "redact_reference"]
+
+DEFAULT_REPLACEMENT = "[REDACTED]"
+DEFAULT_MAX_MATCH = 4096
+
+# --------------------------------------------------------------------------------------------
+# reference
+
+
+def _codec(charset: str | None) -> str:
+    """The codec for a charset; unknown or missing charsets fall back to UTF-8."""
+    try:
+        return codecs.lookup(charset or "utf-8").name
+    except LookupError:
+        return "utf-8"
+
+
+def redact_reference(
+    body: bytes,
+    patterns: Sequence[str],
+    replacement: str = DEFAULT_REPLACEMENT,
+    charset: str | None = "utf-8",
+) -> bytes:
+    """What the stream must produce: ``re.sub`` of every pattern, in order, on the whole body."""
+    codec = _codec(charset)
+    text = body.decode(codec, errors="surrogateescape")
+    for pattern in patterns:
+        text = re.sub(pattern, replacement, text)
+    return text.encode(codec, errors="surrogateescape")
+
+
+# --------------------------------------------------------------------------------------------
+# options
+
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([kmg]i?b|b)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def parse_size(value: Any) -> int:
+    """``512``, ``"512"``, ``"512B"``, ``"4KiB"``, ``"1MiB"``, ``"2GiB"``, ``"10KB"`` -> int."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("size", "expected a size like 4KiB, 512 or 1MiB, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.fullmatch(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+    raise PydanticCustomError(
+        "size", "expected a size like 4KiB, 512 or 1MiB, got {value}", {"value": repr(value)}
+    )
+
+
+def check_regex(pattern: str) -> str:
+    """Validate one pattern: valid for ``re``, and supported for streaming."""
+    try:
+        re.compile(pattern)
+    except (re.error, OverflowError, RecursionError, ValueError) as exc:
+        raise PydanticCustomError(
+            "regex", "not a valid regex: {error}", {"error": str(exc)}
+        ) from None
+    try:
+        _compile_spec(pattern)
+    except _Unsupported as exc:
+        raise PydanticCustomError(
+            "regex_streaming", "regex not supported for streaming: {error}", {"error": str(exc)}
+        ) from None
+    return pattern
+
+
+class Options(BaseModel):
+    """Options of ``redact``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    patterns: Annotated[
+        list[Annotated[StrictStr, AfterValidator(check_regex)]], Field(min_length=1)
+    ]
+    replacement: StrictStr = DEFAULT_REPLACEMENT
+    max_match: Annotated[int, BeforeValidator(parse_size), Field(ge=1)] = DEFAULT_MAX_MATCH
+
+    @field_validator("replacement")
+    @classmethod
+    def _check_replacement(cls, value: str, info: ValidationInfo) -> str:
+        for i, pattern in enumerate(info.data.get("patterns") or ()):
+            try:
+                re.compile(pattern).sub(value, "")  # parses the template eagerly
+            except (re.error, IndexError, ValueError) as exc:
+                raise PydanticCustomError(
+                    "replacement",
+                    "not a valid replacement template for patterns[{index}]: {error}",
+                    {"index": i, "error": str(exc)},
+                ) from None
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# compiling a pattern: re's parse tree back to re syntax, plain or with the sentinel rewrite
+
+
+class _Unsupported(Exception):
+    """A pattern construct the streaming matcher cannot handle."""
+
+
+_MAXREPEAT = sre_parse.MAXREPEAT
+_INF = float("inf")
+_TAIL_REACH = 64  # at most this many positions are checked with the fully rewritten pattern
+_SIGMAS = ("\x00", "\ud800", "\udbff", "\ufdd0", "\U0010fffe", "\uffff")
+_ATOMS = (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN)
+_REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT)
+_FORWARD_AT = (sre.AT_END, sre.AT_END_STRING, sre.AT_BOUNDARY, sre.AT_NON_BOUNDARY)
+_CATEGORY_ESCAPES = {
+    sre.CATEGORY_DIGIT: r"\d",
+    sre.CATEGORY_NOT_DIGIT: r"\D",
+    sre.CATEGORY_SPACE: r"\s",
+    sre.CATEGORY_NOT_SPACE: r"\S",
+    sre.CATEGORY_WORD: r"\w",
+    sre.CATEGORY_NOT_WORD: r"\W",
+}
+_AT_SOURCE = {
+    sre.AT_BEGINNING: "^",
+    sre.AT_BEGINNING_STRING: r"\A",
+    sre.AT_END: "$",
+    sre.AT_END_STRING: r"\Z",
+    sre.AT_BOUNDARY: r"\b",
+    sre.AT_NON_BOUNDARY: r"\B",
+}
+_FLAG_LETTERS = (
+    (re.IGNORECASE, "i"),
+    (re.MULTILINE, "m"),
+    (re.DOTALL, "s"),
+    (re.ASCII, "a"),
+    (re.UNICODE, "u"),
+)
+_ANYCHAR = "(?s:.)"
+
+
+def _u(c: int) -> str:
+    return f"\\U{c:08x}"
+
+
+def _flag_letters(flags: int) -> str:
+    return "".join(letter for flag, letter in _FLAG_LETTERS if flags & flag)
+
+
+def _children(op: Any, av: Any) -> list[Any]:
+    if op is sre.BRANCH:
+        return list(av[1])
+    if op is sre.SUBPATTERN:
+        return [av[3]]
+    if op in _REPEATS:
+        return [av[2]]
+    if op is sre.ATOMIC_GROUP:
+        return [av]
+    if op is sre.GROUPREF_EXISTS:
+        return [x for x in av[1:] if x is not None]
+    if op in (sre.ASSERT, sre.ASSERT_NOT):
+        return [av[1]]
+    return []
+
+
+def _contains(sub: Iterable[tuple[Any, Any]], pred: Callable[[Any, Any], bool]) -> bool:
+    return any(
+        pred(op, av) or any(_contains(child, pred) for child in _children(op, av)) for op, av in sub
+    )
+
+
+def _is_lookahead(op: Any, av: Any) -> bool:
+    return op in (sre.ASSERT, sre.ASSERT_NOT) and av[0] == 1
+
+
+def _is_forward_at(op: Any, av: Any) -> bool:
+    return op is sre.AT and av in _FORWARD_AT
+
+
+def _reach(sub: Iterable[tuple[Any, Any]], flags: int) -> float:
+    """An upper bound of how many characters from its start a sequence may read."""
+    total = 0.0
+    for op, av in sub:
+        if op in _ATOMS:
+            total += 1
+        elif op is sre.AT:
+            total += 2 if av is sre.AT_END and not flags & re.MULTILINE else 1
+        elif op is sre.BRANCH:
+            total += max(_reach(alt, flags) for alt in av[1])
+        elif op is sre.SUBPATTERN:
+            total += _reach(av[3], (flags | av[1]) & ~av[2])
+        elif op in _REPEATS:
+            total += _INF if av[1] == _MAXREPEAT else av[1] * _reach(av[2], flags)
+        elif op is sre.ATOMIC_GROUP:
+            total += _reach(av, flags)
+        elif op in (sre.ASSERT, sre.ASSERT_NOT):
+            if av[0] == 1:
+                total += _reach(av[1], flags)
+            elif _contains(av[1], _is_forward_at):
+                total += 2
+        elif op is sre.GROUPREF_EXISTS:
+            total += max(_reach(x, flags) if x is not None else 0 for x in av[1:])
+        else:  # GROUPREF and anything unknown
+            return _INF
+    return total
+
+
+class _Emitter:
+    """Writes re syntax for (a part of) a parse tree, plain or rewritten for a sentinel."""
+
+    def __init__(self, sigma: str, groupwidths: Sequence[Any]) -> None:
+        self.sig = _u(ord(sigma))
+        self.vac = f"(?<={self.sig})"  # past the sentinel: everything matches, consuming nothing
+        self.groupwidths = groupwidths
+        self.names: dict[int, str] = {}  # group number -> name, where it is not g<number>
+        self.serial = 0
+
+    def _name(self, prefix: str) -> str:
+        self.serial += 1
+        return f"{prefix}{self.serial}"
+
+    def name(self, group: int) -> str:
+        return self.names.get(group, f"g{group}")
+
+    # ---- shared
+
+    def atom(self, op: Any, av: Any) -> str:
+        if op is sre.LITERAL:
+            return _u(av)
+        if op is sre.NOT_LITERAL:
+            return f"[^{_u(av)}]"
+        if op is sre.ANY:
+            return "."
+        return "[" + "".join(self.class_item(o, a) for o, a in av) + "]"
+
+    @staticmethod
+    def class_item(op: Any, av: Any) -> str:
+        if op is sre.NEGATE:
+            return "^"
+        if op is sre.LITERAL:
+            return _u(av)
+        if op is sre.RANGE:
+            return f"{_u(av[0])}-{_u(av[1])}"
+        if op is sre.CATEGORY and av in _CATEGORY_ESCAPES:
+            return _CATEGORY_ESCAPES[av]
+        raise _Unsupported(f"character class item {op}")  # pragma: no cover
+
+    def seq(self, sub: Iterable[tuple[Any, Any]], flags: int, rewrite: bool) -> str:
+        return "".join(self.node(op, av, flags, rewrite) for op, av in sub)
+
+    @staticmethod
+    def quantifier(op: Any, lo: int, hi: int) -> str:
+        q = f"{{{lo}}}" if lo == hi else f"{{{lo},{'' if hi == _MAXREPEAT else hi}}}"
+        return q + ("?" if op is sre.MIN_REPEAT else "+" if op is sre.POSSESSIVE_REPEAT else "")
+
+    def node(self, op: Any, av: Any, flags: int, rewrite: bool) -> str:
+        sig, vac = self.sig, self.vac
+        if op in _ATOMS:
+            atom = self.atom(op, av)
+            return f"(?:{atom}|{sig}|{vac})" if rewrite else atom
+        if op is sre.BRANCH:
+            return "(?:" + "|".join(self.seq(alt, flags, rewrite) for alt in av[1]) + ")"
+        if op is sre.SUBPATTERN:
+            group, add, delete, sub = av
+            inner = self.seq(sub, (flags | add) & ~delete, rewrite)
+            if group is not None:
+                inner = f"(?P<{self.name(group)}>{inner})"
+            letters = _flag_letters(add)
+            off = _flag_letters(delete)
+            if letters or off:
+                return f"(?{letters}{'-' + off if off else ''}:{inner})"
+            return f"(?:{inner})"
+        if op in _REPEATS:
+            lo, hi, item = av
+            return f"(?:{self.seq(item, flags, rewrite)})" + self.quantifier(op, lo, hi)
+        if op is sre.ATOMIC_GROUP:
+            return f"(?>{self.seq(av, flags, rewrite)})"
+        if op is sre.GROUPREF:
+            ref = f"(?P={self.name(av)})"
+            if not rewrite:
+                return ref
+            # it may need what comes next only if the text ends within the group's width
+            width = self.groupwidths[av][1] if av < len(self.groupwidths) else _MAXREPEAT
+            near = f"(?={_ANYCHAR}{{0,{width - 1}}}{sig})" if 0 < width < _MAXREPEAT else ""
+            return f"(?:{ref}|{near}{_ANYCHAR}*|{vac})"
+        if op is sre.GROUPREF_EXISTS:
+            group, yes, no = av
+            yes_src = self.seq(yes, flags, rewrite)
+            no_src = self.seq(no, flags, rewrite) if no is not None else ""
+            return f"(?({self.name(group)}){yes_src}|{no_src})"
+        if op is sre.AT:
+            return self.at(av, flags) if rewrite else _AT_SOURCE[av]
+        if op in (sre.ASSERT, sre.ASSERT_NOT):
+            direction, sub = av
+            if direction == -1:
+                if _contains(sub, _is_lookahead):
+                    raise _Unsupported("a lookahead inside a lookbehind")
+                kind = "<=" if op is sre.ASSERT else "<!"
+                look = f"(?{kind}{self.seq(sub, flags, False)})"
+                if not rewrite:
+                    return look
+                if _contains(sub, _is_forward_at):  # decided only with what comes next
+                    return f"(?:(?=(?s:.)?{sig}){_ANYCHAR}*|{look}|{vac})"
+                return f"(?:{look}|{vac})"
+            if not rewrite:
+                kind = "=" if op is sre.ASSERT else "!"
+                return f"(?{kind}{self.seq(sub, flags, False)})"
+            marker = self._name("m")
+            probe = f"(?={self.seq(sub, flags, True)}(?:{vac}(?P<{marker}>)|))"
+            if op is sre.ASSERT:
+                return f"{probe}(?({marker}){_ANYCHAR}*|)"
+            saved = dict(self.names)
+            for o, a in _walk(sub):  # the groups of the second copy get fresh names
+                if o is sre.SUBPATTERN and a[0] is not None:
+                    self.names[a[0]] = self._name(f"g{a[0]}_")
+            again = self.seq(sub, flags, True)
+            self.names = saved
+            return f"(?:{probe}(?({marker}){_ANYCHAR}*|(?!))|(?!{again}))"
+        raise _Unsupported(f"regex construct {op}")  # pragma: no cover
+
+    def at(self, code: Any, flags: int) -> str:
+        sig, vac = self.sig, self.vac
+        if code is sre.AT_END:
+            if flags & re.MULTILINE:
+                return f"(?:(?=\\n)|{sig}|{vac})"
+            return f"(?:\\n?{sig}|{vac})"
+        if code is sre.AT_END_STRING:
+            return f"(?:{sig}|{vac})"
+        if code in (sre.AT_BOUNDARY, sre.AT_NON_BOUNDARY):
+            return f"(?:{_AT_SOURCE[code]}(?!{sig})|{sig}|{vac})"
+        return f"(?:{_AT_SOURCE[code]}|{vac})"
+
+    def with_sigma(self, op: Any, av: Any, flags: int) -> str:
+        """A repeat of one character test, with the sentinel added to the tested set."""
+        lo, hi, item = av
+        (atom_op, atom_av) = item[0]
+        atom = self.atom(atom_op, atom_av)
+        if not re.fullmatch(atom, chr(int(self.sig[2:], 16)), flags & ~re.VERBOSE):
+            if atom_op is sre.IN and atom_av[:1] != [(sre.NEGATE, None)]:
+                atom = atom[:-1] + self.sig + "]"
+            elif atom_op is sre.LITERAL:
+                atom = f"[{atom}{self.sig}]"
+            else:
+                atom = f"(?:{atom}|{self.sig})"
+        return f"(?:{atom})" + self.quantifier(op, lo, hi)
+
+
+class _Variant:
+    """The patterns of one spec for one sentinel."""
+
+    __slots__ = ("full", "main", "sigma")
+
+    def __init__(self, spec: _Spec, sigma: str) -> None:
+        parsed, flags = spec.parsed, spec.flags
+        prefix = f"(?{_flag_letters(flags)})" if _flag_letters(flags) else ""
+        em = _Emitter(sigma, parsed.state.groupwidths)
+        self.full = re.compile(prefix + em.seq(parsed, flags, True))
+        em = _Emitter(sigma, parsed.state.groupwidths)
+        nodes = list(parsed)
+        head = em.seq(nodes[: spec.split], flags, False)
+        rest = nodes[spec.split :]
+        if rest and spec.sigma_class:
+            head += em.with_sigma(*rest[0], flags)
+            rest = rest[1:]
+        self.main = re.compile(prefix + head + em.seq(rest, flags, True))
+        self.sigma = sigma
+
+
+class _Spec:
+    """One pattern, compiled for streaming."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.re = re.compile(pattern)
+        self.parsed = sre_parse.parse(pattern, 0)
+        self.flags = self.parsed.state.flags & ~re.VERBOSE
+        nodes = list(self.parsed)
+        # the unchanged prefix of the main pattern and how far it may read
+        split, reach = 0, 0.0
+        for op, av in nodes:
+            r = _reach([(op, av)], self.flags)
+            if reach + r > _TAIL_REACH:
+                break
+            split += 1
+            reach += r
+        # The next node keeps its form too if it repeats one character test: the sentinel is
+        # added to that test. This is exact where at least ``lo - 1`` characters follow the
+        # repeat's start (Σ can then be the lo-th repetition); nearer to the end, the fully
+        # rewritten pattern decides, so that window grows by ``lo``.
+        self.sigma_class = (
+            split < len(nodes)
+            and nodes[split][0] in _REPEATS
+            and len(nodes[split][1][2]) == 1
+            and nodes[split][1][2][0][0] in _ATOMS
+            and reach + nodes[split][1][0] <= _TAIL_REACH
+        )
+        if self.sigma_class:
+            reach += nodes[split][1][0]
+        self.split, self.reach = split, int(reach)
+        # characters of consumed text a search must still see (lookbehinds, ^, \b)
+        self.context = 1 + sum(
+            av[1].getwidth()[1] for op, av in _walk(self.parsed) if op in _LOOKS and av[0] == -1
+        )
+        self._variants: dict[str, _Variant] = {}
+        self.variant(_SIGMAS[0])  # compile errors show at load
+
+    def variant(self, sigma: str) -> _Variant:
+        v = self._variants.get(sigma)
+        if v is None:
+            try:
+                v = self._variants[sigma] = _Variant(self, sigma)
+            except (re.error, OverflowError, RecursionError) as exc:
+                raise _Unsupported(f"cannot compile the streaming form: {exc}") from None
+        return v
+
+
+_LOOKS = (sre.ASSERT, sre.ASSERT_NOT)
+
+
+def _walk(sub: Iterable[tuple[Any, Any]]) -> Iterable[tuple[Any, Any]]:
+    for op, av in sub:
+        yield op, av
+        for child in _children(op, av):
+            yield from _walk(child)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_spec(pattern: str) -> _Spec:
+    try:
+        return _Spec(pattern)
+    except RecursionError:
+        raise _Unsupported("too deeply nested") from None
+
+
+def _literal_replacement(compiled: re.Pattern[str], replacement: str) -> str:
+    """The replacement with every group reference expanded as empty (for fail-closed)."""
+    if "\\" not in replacement:
+        return replacement
+    names = {index: name for name, index in compiled.groupindex.items()}
+    fake = "".join(
+        f"(?P<{names[i]}>)" if i in names else "()" for i in range(1, compiled.groups + 1)
+    )
+    match = re.compile(fake).match("")
+    assert match is not None
+    return match.expand(replacement)
+
+
+# --------------------------------------------------------------------------------------------
+# streaming
+
+
+class _Stage:
+    """One pattern applied to a stream of text."""
+
+    __slots__ = (
+        "_buf",
+        "_cur",
+        "_expand",
+        "_keep",
+        "_literal",
+        "_max",
+        "_must_advance",
+        "_overflow",
+        "_spec",
+        "mismatches",
+        "redactions",
+    )
+
+    def __init__(self, spec: _Spec, replacement: str, max_match: int) -> None:
+        self._spec = spec
+        self._max = max_match
+        self._keep = max(max_match, spec.context)
+        self._literal = _literal_replacement(spec.re, replacement)
+        self._expand: Callable[[re.Match[str]], str]
+        if "\\" in replacement:
+            self._expand = lambda m: m.expand(replacement)
+        else:
+            self._expand = lambda m: replacement
+        self._buf = ""  # consumed context + held text
+        self._cur = 0  # where the held text starts in _buf
+        self._must_advance = False  # the last commit was an empty match ending at _cur
+        self._overflow: tuple[str, int, str] | None = None  # (head, anchor, tail)
+        self.redactions = 0
+        self.mismatches = 0  # re and the rewritten pattern disagreed (never seen; held if so)
+
+    @property
+    def held(self) -> int:
+        """Characters held back (neither emitted nor swallowed yet)."""
+        return len(self._buf) - self._cur
+
+    def feed(self, text: str) -> str:
+        out: list[str] = []
+        if self._overflow is not None:
+            text = self._overflow_step(text, final=False)
+            if not text and self._overflow is not None:
+                return ""
+        buf = self._buf
+        sigma = _pick_sigma(buf, text)
+        padded = f"{buf}{text}{sigma}"
+        n = len(padded) - 1
+        cur = self._scan(out, padded, n, self._cur, self._spec.variant(sigma))
+        if n - cur > self._max:
+            self._buf, self._cur = padded[:n], cur
+            self._fail_closed(out)
+        else:
+            start = max(0, cur - self._spec.context)
+            self._buf, self._cur = padded[start:n], cur - start
+        return "".join(out)
+
+    def flush(self, text: str = "") -> str:
+        """The end of the text: everything held is decided now."""
+        out: list[str] = []
+        if self._overflow is not None:
+            text = self._overflow_step(text, final=True)
+        buf = self._buf + text
+        self._commit(out, buf, len(buf), self._cur, len(buf) + 1)
+        self._buf, self._cur, self._must_advance = "", 0, False
+        return "".join(out)
+
+    # ---- deciding
+
+    def _scan(self, out: list[str], padded: str, n: int, cur: int, v: _Variant) -> int:
+        """Emit what is decided in ``padded[:n]`` (``padded[n]`` is the sentinel)."""
+        tail = max(cur, n - self._spec.reach)
+        if cur < tail:
+            cur, done = self._phase(out, v.main, padded, n, cur, tail)
+            if done:
+                return cur
+        cur, _ = self._phase(out, v.full, padded, n, cur, n + 1)
+        return cur
+
+    def _phase(
+        self, out: list[str], pat: re.Pattern[str], padded: str, n: int, cur: int, limit: int
+    ) -> tuple[int, bool]:
+        """Decide the starts in [cur, limit) with ``pat``; True when the frontier was found."""
+        m = pat.search(padded, cur)
+        if m is None or m.start() >= limit:
+            return self._emit(out, padded, cur, min(limit, n)), False
+        if m.end() > n:  # the first thing there needs more text: the frontier
+            return self._emit(out, padded, cur, m.start()), True
+        # matches: walk them together with re's own
+        first = True
+        actual = self._spec.re.finditer(padded, cur, n)
+        for m in pat.finditer(padded, cur):
+            start, end = m.span()
+            if first:
+                first = False
+                if self._must_advance and start == end == cur:
+                    next(actual, None)
+                    continue
+            if start >= limit:
+                break
+            if end > n:
+                return self._emit(out, padded, cur, start), True
+            real = next(actual, None)
+            if real is None or real.span() != (start, end):  # pragma: no cover - safety net
+                self.mismatches += 1
+                stop = start if real is None else min(start, real.start())
+                return self._emit(out, padded, cur, max(cur, stop)), True
+            if start > cur:
+                out.append(padded[cur:start])
+            out.append(self._expand(real))
+            self.redactions += 1
+            cur = end
+            self._must_advance = start == end
+        return max(cur, self._emit(out, padded, cur, min(limit, n))), False
+
+    def _emit(self, out: list[str], text: str, cur: int, to: int) -> int:
+        if to > cur:
+            out.append(text[cur:to])
+            self._must_advance = False
+            return to
+        return cur
+
+    def _commit(self, out: list[str], buf: str, n: int, cur: int, frontier: int) -> int:
+        """Emit the matches of ``buf[:n]`` starting before ``frontier``, and the text."""
+        first = True
+        for m in self._spec.re.finditer(buf, cur, n):
+            start, end = m.span()
+            if first:
+                first = False
+                if self._must_advance and start == end == cur:
+                    continue  # committed already; finditer now goes on as re.sub would
+            if start >= frontier:
+                break
+            if start > cur:
+                out.append(buf[cur:start])
+            out.append(self._expand(m))
+            self.redactions += 1
+            cur = end
+            self._must_advance = start == end
+        return self._emit(out, buf, cur, min(frontier, n))
+
+    # ---- fail closed
+
+    def _fail_closed(self, out: list[str]) -> None:
+        """The held text outgrew max_match: redact it and swallow the rest of the runaway."""
+        out.append(self._literal)
+        self.redactions += 1
+        buf, cur = self._buf, self._cur
+        start = max(0, cur - self._spec.context)
+        head = buf[start : cur + self._max]
+        tail = buf[cur + self._max :][-self._keep :]
+        self._overflow = (head, cur - start, tail)
+        self._buf, self._cur, self._must_advance = "", 0, False
+
+    def _overflow_step(self, text: str, final: bool) -> str:
+        """Swallow text while the runaway match may go on.
+
+        Returns the text that follows it (then ``_buf``/``_cur`` hold the context before it),
+        or ``""`` with the overflow still on.
+        """
+        assert self._overflow is not None
+        head, anchor, tail = self._overflow
+        window = head + tail + text
+        boundary = len(head) + len(tail)  # where the new text starts in the window
+        if not final:
+            sigma = _pick_sigma(window, "")
+            m = self._spec.variant(sigma).full.match(window + sigma, anchor)
+            if m is not None and m.end() > len(window):  # it may still be going on
+                tail += text
+                if len(tail) > 2 * self._keep:
+                    tail = tail[-self._keep :]
+                self._overflow = (head, anchor, tail)
+                return ""
+        m = self._spec.re.match(window, anchor)
+        resume = max(boundary, m.end()) if m is not None else boundary
+        start = max(0, resume - self._spec.context)
+        self._overflow = None
+        self._buf, self._cur, self._must_advance = window[start:resume], resume - start, False
+        return window[resume:]
+
+
+def _pick_sigma(a: str, b: str) -> str:
+    for sigma in _SIGMAS:
+        if sigma not in a and sigma not in b:
+            return sigma
+    raise ValueError("the text contains every sentinel character")  # pragma: no cover
+
+
+class RedactStream:
+    """One body: bytes in, bytes out (decoding, the chain of stages, encoding, counting)."""
+
+    def __init__(self, specs: Sequence[_Spec], options: Options, ctx: Any = None) -> None:
+        codec = _codec(getattr(ctx, "charset", None))
+        self._ctx = ctx
+        self._decoder = codecs.getincrementaldecoder(codec)(errors="surrogateescape")
+        self._encoder = codecs.getincrementalencoder(codec)(errors="surrogateescape")
+        self.stages = [_Stage(s, options.replacement, options.max_match) for s in specs]
+        self.redactions = 0
+
+    @property
+    def held(self) -> list[int]:
+        """Characters held back by each stage."""
+        return [stage.held for stage in self.stages]
+
+    def feed(self, data: bytes) -> bytes:
+        text = self._decoder.decode(data)
+        for stage in self.stages:
+            if not text:
+                break
+            text = stage.feed(text)
+        self._count()
+        return self._encoder.encode(text) if text else b""
+
+    def close(self) -> bytes:
+        text = self._decoder.decode(b"", final=True)
+        for stage in self.stages:
+            text = stage.flush(text)
+        self._count()
+        return self._encoder.encode(text, final=True)
+
+    def _count(self) -> None:
+        n = sum(stage.redactions for stage in self.stages)
+        if n > self.redactions:
+            if self._ctx is not None:
+                self._ctx.count("redactions", n - self.redactions)
+            self.redactions = n
+
+
+class Redact:
+    """Factory of the ``redact`` transform."""
+
+    Options = Options
+
+    def __init__(self, **options: Any) -> None:
+        self.options = Options(**options)  # a pydantic ValidationError is a ValueError
+        self._specs = [_compile_spec(p) for p in self.options.patterns]
+
+    def open(self, ctx: Any = None) -> RedactStream:
+        """A stream for one body (``ctx`` gives the charset and receives the counters)."""
+        return RedactStream(self._specs, self.options, ctx)
+
+    async def __call__(self, chunks: AsyncIterator[bytes], ctx: Any) -> AsyncIterator[bytes]:
+        stream = self.open(ctx)
+        async for chunk in chunks:
+            if chunk:
+                out = stream.feed(chunk)
+                if out:
+                    yield out
+        out = stream.close()
+        if out:
+            yield out
