@@ -316,3 +316,19 @@ def test_plugin_option_errors_name_the_key_path() -> None:
         "routes[0].transforms[0].tests.sample_plugins:FailAfter: count must be at least 0",
         "routes[0].transforms[1].tests.sample_plugins:Upper: unexpected options: ['bogus']",
     ]
+
+
+async def test_a_plugin_registered_as_an_entry_point_is_found_by_name(
+    aiohttp_server, make_proxy: MakeProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dist = tmp_path / "shout_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shout-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[proxy.transforms]\nshout = tests.sample_plugins:Upper\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    up = await aiohttp_server(serve(b"entry point", **{"Content-Type": "text/plain"}))
+    proxy = await make_proxy({"up": [origin(up)]}, route({"shout": {}}))
+    async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
+        assert await r.read() == b"ENTRY POINT"

@@ -571,3 +571,29 @@ async def test_client_disconnect_releases_the_upstream_at_once(
     await asyncio.wait_for(upstream_gone.wait(), 2)
     log = await proxy.until_logged()
     assert log[0]["outcome"] == "client_abort"
+
+
+async def test_a_chunk_followed_by_a_one_second_sleep_arrives_within_100_ms(
+    aiohttp_server, make_proxy: MakeProxy
+) -> None:
+    loop = asyncio.get_running_loop()
+    sent_at: list[float] = []
+
+    async def sleepy(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"chunk\n")
+        sent_at.append(loop.time())
+        await asyncio.sleep(1)
+        await resp.write(b"after the sleep\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", sleepy)
+    up = await aiohttp_server(app)
+    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
+        assert await asyncio.wait_for(r.content.readuntil(b"\n"), 1.0) == b"chunk\n"
+        # Upstream and client share this event loop's clock.
+        assert loop.time() - sent_at[0] < 0.1
+        assert await r.content.read() == b"after the sleep\n"
