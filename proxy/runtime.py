@@ -30,6 +30,7 @@ class Runtime:
         self.retired = False
         self._successor: Runtime | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
 
     async def start(self) -> None:
         for upstream in self._fresh:
@@ -47,10 +48,13 @@ class Runtime:
 
     async def close(self) -> None:
         kept = set(map(id, self._successor.upstreams.values())) if self._successor else set()
-        for upstream in self.upstreams.values():
-            if id(upstream) not in kept:
-                await upstream.close()
+        try:
+            for upstream in self.upstreams.values():
+                if id(upstream) not in kept:
+                    await upstream.close()
+        finally:
+            self._closed.set()
 
     async def closed(self) -> None:
-        if self._closing is not None:
-            await self._closing
+        """Wait until a retired runtime has closed what its successor does not share."""
+        await self._closed.wait()

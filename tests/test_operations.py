@@ -228,3 +228,64 @@ async def test_the_readme_run_command_serves_the_demo_stream_redacted_and_tagged
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_reload_keeps_in_flight_streams_and_closes_removed_upstreams_once_idle(
+    aiohttp_server, tmp_path: Path
+) -> None:
+    import io
+
+    from proxy.accesslog import AccessLog
+    from proxy.config import load_config
+    from proxy.server import ProxyServer
+
+    release = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"begin\n")
+        async with asyncio.timeout(10):
+            await release.wait()
+        await resp.write(b"end\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{t:.*}", stream)
+    up = await aiohttp_server(app)
+    target = f"http://127.0.0.1:{up.port}"
+    path = tmp_path / "proxy.yaml"
+    before = f"""
+server: {{host: 127.0.0.1, port: 0}}
+upstreams:
+  kept: {{targets: ["{target}"]}}
+  removed: {{targets: ["{target}"]}}
+routes:
+  - {{name: old, match: {{path_prefix: /old/}}, upstream: removed}}
+  - {{name: keep, upstream: kept}}
+"""
+    path.write_text(before)
+    server = ProxyServer(load_config(path), str(path), access_log=AccessLog(stream=io.StringIO()))
+    await server.start()
+    try:
+        old = server.runtime
+        kept, removed = old.upstreams["kept"], old.upstreams["removed"]
+        async with aiohttp.ClientSession() as s:
+            r = await s.get(f"http://127.0.0.1:{server.proxy_port}/old/x")
+            assert await r.content.readuntil(b"\n") == b"begin\n"
+            path.write_text(
+                before.replace("  removed: {targets", "  gone: {targets").replace(
+                    "upstream: removed", "upstream: gone"
+                )
+            )
+            assert await server.reload()
+            assert server.runtime.upstreams["kept"] is kept  # same settings: same pool
+            assert not removed.session.closed  # still serving the stream in flight
+            release.set()
+            assert await r.content.read() == b"end\n"
+            r.release()
+            await asyncio.wait_for(old.closed(), 5)
+            assert removed.session.closed
+            assert not kept.session.closed
+    finally:
+        await server.stop()
