@@ -622,25 +622,26 @@ class _Stage:
             return self._emit(out, padded, cur, min(limit, n)), False
         if m.end() > n:  # the first thing there needs more text: the frontier
             return self._emit(out, padded, cur, m.start()), True
-        # matches: walk them together with re's own
+        # matches up to the frontier: final. Nothing starts in [cur, m.start()), so go on from
+        # there; each match object comes from re itself (anchored: no second scan).
+        begin = m.start()
         first = True
-        actual = self._spec.re.finditer(padded, cur, n)
-        for m in pat.finditer(padded, cur):
+        for m in pat.finditer(padded, begin):
             start, end = m.span()
             if first:
                 first = False
                 if self._must_advance and start == end == cur:
-                    next(actual, None)
-                    continue
+                    continue  # the empty match committed last time; finditer goes on as re.sub
             if start >= limit:
                 break
             if end > n:
                 return self._emit(out, padded, cur, start), True
-            real = next(actual, None)
-            if real is None or real.span() != (start, end):  # pragma: no cover - safety net
-                self.mismatches += 1
-                stop = start if real is None else min(start, real.start())
-                return self._emit(out, padded, cur, max(cur, stop)), True
+            real = self._spec.re.match(padded, start, n)
+            if real is None or real.end() != end:  # after an empty match at cur: re.sub's order
+                real = self._match_in_order(padded, cur, n, start, end)
+                if real is None:  # pragma: no cover - safety net, never seen
+                    self.mismatches += 1
+                    return self._emit(out, padded, cur, start), True
             if start > cur:
                 out.append(padded[cur:start])
             out.append(self._expand(real))
@@ -648,6 +649,20 @@ class _Stage:
             cur = end
             self._must_advance = start == end
         return max(cur, self._emit(out, padded, cur, min(limit, n))), False
+
+    def _match_in_order(
+        self, padded: str, cur: int, n: int, start: int, end: int
+    ) -> re.Match[str] | None:
+        """re's match at ``start`` as ``re.sub`` finds it going on from ``cur``."""
+        first = True
+        for real in self._spec.re.finditer(padded, cur, n):
+            if first:
+                first = False
+                if self._must_advance and real.start() == real.end() == cur:
+                    continue
+            if real.start() >= start:
+                return real if real.span() == (start, end) else None
+        return None
 
     def _emit(self, out: list[str], text: str, cur: int, to: int) -> int:
         if to > cur:
