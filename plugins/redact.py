@@ -78,6 +78,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from proxy import units
+from proxy.content_types import codec_for
+
 __all__ = ["Options", "Redact", "RedactStream", "parse_size", "redact_reference"]
 
 DEFAULT_REPLACEMENT = "[REDACTED]"
@@ -87,14 +90,6 @@ DEFAULT_MAX_MATCH = 4096
 # reference
 
 
-def _codec(charset: str | None) -> str:
-    """The codec for a charset; unknown or missing charsets fall back to UTF-8."""
-    try:
-        return codecs.lookup(charset or "utf-8").name
-    except LookupError:
-        return "utf-8"
-
-
 def redact_reference(
     body: bytes,
     patterns: Sequence[str],
@@ -102,7 +97,7 @@ def redact_reference(
     charset: str | None = "utf-8",
 ) -> bytes:
     """What the stream must produce: ``re.sub`` of every pattern, in order, on the whole body."""
-    codec = _codec(charset)
+    codec = codec_for(charset)
     text = body.decode(codec, errors="surrogateescape")
     for pattern in patterns:
         text = re.sub(pattern, replacement, text)
@@ -112,31 +107,17 @@ def redact_reference(
 # --------------------------------------------------------------------------------------------
 # options
 
-_SIZE_RE = re.compile(r"\s*(\d+)\s*([kmg]i?b|b)?\s*", re.IGNORECASE)
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-}
-
 
 def parse_size(value: Any) -> int:
-    """``512``, ``"512"``, ``"512B"``, ``"4KiB"``, ``"1MiB"``, ``"2GiB"``, ``"10KB"`` -> int."""
+    """Sizes as everywhere in ``proxy.yaml`` (``512``, ``4KiB``, ``1MiB``): ``proxy.units``."""
     if isinstance(value, bool):
         raise PydanticCustomError("size", "expected a size like 4KiB, 512 or 1MiB, got a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.fullmatch(value)
-        if m:
-            return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
-    raise PydanticCustomError(
-        "size", "expected a size like 4KiB, 512 or 1MiB, got {value}", {"value": repr(value)}
-    )
+    try:
+        return units.parse_size(value)
+    except ValueError:
+        raise PydanticCustomError(
+            "size", "expected a size like 4KiB, 512 or 1MiB, got {value}", {"value": repr(value)}
+        ) from None
 
 
 def check_regex(pattern: str) -> str:
@@ -741,7 +722,7 @@ class RedactStream:
     """One body: bytes in, bytes out (decoding, the chain of stages, encoding, counting)."""
 
     def __init__(self, specs: Sequence[_Spec], options: Options, ctx: Any = None) -> None:
-        codec = _codec(getattr(ctx, "charset", None))
+        codec = codec_for(getattr(ctx, "charset", None))
         self._ctx = ctx
         self._decoder = codecs.getincrementaldecoder(codec)(errors="surrogateescape")
         self._encoder = codecs.getincrementalencoder(codec)(errors="surrogateescape")

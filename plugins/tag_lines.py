@@ -12,13 +12,14 @@ replaced by ``?``), so it assumes an ASCII-compatible charset, where byte 0x0A i
 
 from __future__ import annotations
 
-import codecs
 import string
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictStr
 from pydantic_core import PydanticCustomError
+
+from proxy.content_types import codec_for
 
 __all__ = ["Options", "TagLines", "TagLinesStream", "render_tag", "tag_lines_reference"]
 
@@ -80,17 +81,10 @@ class Options(BaseModel):
     tag: Annotated[StrictStr, AfterValidator(check_tag)] = DEFAULT_TAG
 
 
-def _codec(charset: str | None) -> str:
-    try:
-        return codecs.lookup(charset or "utf-8").name
-    except LookupError:
-        return "utf-8"
-
-
 def _tag_renderer(
     tag: str, route: str, upstream: str, charset: str | None
 ) -> Callable[[int], bytes]:
-    codec = _codec(charset)
+    codec = codec_for(charset)
     route = str(route).translate(_FORBIDDEN)
     upstream = str(upstream).translate(_FORBIDDEN)
     values = {"route": route, "upstream": upstream}
@@ -210,7 +204,7 @@ class TagLines:
         charset = getattr(ctx, "charset", None)
         render = _tag_renderer(self.options.tag, route, upstream, charset)
         if not self._numbered:  # the same bytes for every line: render them once per key
-            key = (route, upstream, _codec(charset))
+            key = (route, upstream, codec_for(charset))
             fixed = self._fixed.get(key)
             if fixed is None:
                 if len(self._fixed) > 1024:

@@ -124,3 +124,8 @@ def charset_of(params: Mapping[str, str], default: str = "utf-8") -> str:
     label = params.get("charset", "").strip()
     name = _text_codec(label) if label else None
     return name or codecs.lookup(default).name
+
+
+def codec_for(charset: str | None, default: str = "utf-8") -> str:
+    """The Python codec for a charset name, falling back to ``default`` like :func:`charset_of`."""
+    return charset_of({"charset": charset or ""}, default)
