@@ -91,6 +91,17 @@ class Target:
         self.healthy = True  # active health check verdict
         self.requests = 0
 
+    def url(self, path_qs: str, websocket: bool = False) -> URL:
+        """The URL of ``path_qs`` on this target, the raw path and query kept byte for byte.
+
+        The whole raw target goes in as the "path": yarl then keeps it exactly, even an empty
+        query (``/x?``) that a parsed URL would drop.
+        """
+        scheme = self.scheme
+        if websocket:
+            scheme = "wss" if scheme == "https" else "ws"
+        return URL.build(scheme=scheme, host=self.host, port=self.port, path=path_qs, encoded=True)
+
     def available(self, now: float) -> bool:
         return self.healthy and self.down_until <= now
 
@@ -198,15 +209,7 @@ class Upstream:
                 headers.popall("Host", None)
             else:
                 headers["Host"] = host_header
-            # The whole raw target as the "path": yarl then keeps it byte for byte, even an
-            # empty query ("/x?") that a parsed URL would drop.
-            url = URL.build(
-                scheme=target.scheme,
-                host=target.host,
-                port=target.port,
-                path=path_qs,
-                encoded=True,
-            )
+            url = target.url(path_qs)
             target.outstanding += 1
             target.requests += 1
             try:

@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 import aiohttp
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from multidict import CIMultiDict, istr
-from yarl import URL
 
 from .accesslog import AccessRecord
 from .errors import BadRequest, ProxyError, UpstreamUnavailable
@@ -124,13 +123,7 @@ async def _connect(
         except UpstreamUnavailable:
             break
         tried.add(target)
-        url = URL.build(
-            scheme="wss" if target.scheme == "https" else "ws",
-            host=target.host,
-            port=target.port,
-            path=path_qs,
-            encoded=True,
-        )
+        url = target.url(path_qs, websocket=True)
         target.outstanding += 1
         target.requests += 1
         try:
