@@ -167,3 +167,84 @@ async def test_a_streamed_request_body_over_the_limit_never_reaches_the_upstream
         async with s.post(proxy.url("/plain"), data=body(limit // BLOCK)) as r:
             assert r.status == 200 and await r.text() == str(limit)
     assert got.get_nowait() == limit
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_512_mib_to_a_5_mb_s_reader_grows_the_proxy_rss_by_less_than_32_mib(
+    aiohttp_server, tmp_path
+) -> None:
+    import sys
+    import time
+    from pathlib import Path
+
+    from .test_operations import free_port
+
+    total = 512 * MiB
+    block = b"x" * BLOCK
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = total
+        await resp.prepare(request)
+        for _ in range(total // BLOCK):
+            await resp.write(block)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", big)
+    up = await aiohttp_server(app)
+    port = free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        f"server: {{host: 127.0.0.1, port: {port}}}\n"
+        f"upstreams: {{up: {{targets: ['{origin(up)}']}}}}\n"
+        "routes: [{name: r, upstream: up}]\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "-c",
+        str(config),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(20):
+            while b"listening" not in (line := await proc.stderr.readline()):
+                assert line, "the proxy exited before listening"
+        base = _rss_kib(proc.pid)
+        peak = base
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=BLOCK)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        received, start = 0, time.monotonic()
+        rate = 5_000_000  # bytes per second
+        async with asyncio.timeout(200):
+            while received < total:
+                received += len(await reader.read(BLOCK))
+                ahead = received / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)  # pacing the reader, not waiting for an event
+                if received % (8 * MiB) < BLOCK:
+                    peak = max(peak, _rss_kib(proc.pid))
+        writer.close()
+        peak = max(peak, _rss_kib(proc.pid))
+        assert received == total
+        assert (peak - base) < 32 * 1024, f"RSS grew by {(peak - base) / 1024:.1f} MiB"
+    finally:
+        proc.terminate()
+        await proc.wait()
