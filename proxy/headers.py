@@ -72,6 +72,21 @@ def end_to_end(
     return out
 
 
+def undecodable(text: str) -> bool:
+    """Does a header name or value hold a byte that was not UTF-8 (a surrogate escape)?
+
+    aiohttp's writers would drop or choke on such bytes, so what holds one is refused, never
+    relayed altered.
+    """
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def split_host(host: str) -> str:
     """The host part of a Host header, lower case, without port or IPv6 brackets."""
     host = host.strip().lower()

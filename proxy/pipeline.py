@@ -141,10 +141,16 @@ async def upstream_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     try:
         while chunk := await read():
             yield chunk
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise UpstreamBodyTimeout("the upstream went silent past read_timeout") from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamBodyError(f"the upstream body broke off: {exc!r}") from exc
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise read_failure(exc) from exc
+
+
+def read_failure(exc: BaseException) -> UpstreamBodyError:
+    """The proxy error for a failed read of an upstream body (silence past read_timeout, or a
+    reset or truncation)."""
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+        return UpstreamBodyTimeout("the upstream went silent past read_timeout")
+    return UpstreamBodyError(f"the upstream body broke off: {exc!r}")
 
 
 def filter_accept_encoding(value: str | None) -> str | None:

@@ -38,6 +38,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDictProxy
 
 from .errors import error_body
+from .headers import undecodable
 
 log = logging.getLogger("proxy.protocol")
 
@@ -218,17 +219,6 @@ def framing_problem(message: RawRequestMessage) -> tuple[int, str] | None:
         if undecodable(name) or undecodable(value):
             return 400, "a header name or value is not valid UTF-8"
     return None
-
-
-def undecodable(text: str) -> bool:
-    """Does the text hold a byte the parser could not decode (a surrogate escape)?"""
-    if text.isascii():
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]

@@ -30,7 +30,6 @@ from .errors import (
     PayloadTooLarge,
     ProxyError,
     UpstreamBodyError,
-    UpstreamBodyTimeout,
     UpstreamTimeout,
     UpstreamUnavailable,
     error_response,
@@ -42,9 +41,10 @@ from .headers import (
     X_REQUEST_ID,
     end_to_end,
     request_id,
+    undecodable,
 )
 from .metrics import Metrics
-from .pipeline import BodyPlan, filter_accept_encoding, plan_body, upstream_body
+from .pipeline import BodyPlan, filter_accept_encoding, plan_body, read_failure, upstream_body
 from .routing import Route, has_dot_segment
 from .transform_api import TransformContext
 from .upstream import BodyState, limited_body
@@ -315,7 +315,7 @@ class Relay:
             )
         headers = end_to_end(upstream_resp.headers)
         for value in headers.values():
-            if not value.isascii() and not _utf8(value):
+            if undecodable(value):
                 # aiohttp's writer would drop the undecodable bytes: refuse, don't alter.
                 raise UpstreamUnavailable("upstream sent a header value that is not UTF-8")
         headers[X_REQUEST_ID] = rid
@@ -357,10 +357,8 @@ class Relay:
                 while True:
                     try:
                         chunk = await read()
-                    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                        raise _body_error(exc, timeout=True) from exc
-                    except (aiohttp.ClientError, OSError) as exc:
-                        raise _body_error(exc) from exc
+                    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                        raise read_failure(exc) from exc
                     if not chunk:
                         break
                     sent += len(chunk)
@@ -400,22 +398,8 @@ class _HeadWithBody(web.StreamResponse):
     _send_headers_immediately = False
 
 
-def _utf8(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _has_body(method: str, status: int) -> bool:
     return method != "HEAD" and status not in NO_BODY_STATUS and status >= 200
-
-
-def _body_error(exc: BaseException, timeout: bool = False) -> UpstreamBodyError:
-    if timeout:
-        return UpstreamBodyTimeout("the upstream went silent past read_timeout")
-    return UpstreamBodyError(f"the upstream body broke off: {exc!r}")
 
 
 def abort(request: web.BaseRequest) -> None:
