@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,3 +107,46 @@ async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
 async def read_head(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
     async with asyncio.timeout(timeout):
         return await reader.readuntil(b"\r\n\r\n")
+
+
+ROOT = Path(__file__).parent.parent
+
+
+async def start_proxy_process(
+    config: str | Path,
+    env: dict[str, str] | None = None,
+    listeners: int = 1,
+    timeout: float = 30.0,
+) -> asyncio.subprocess.Process:
+    """``python -m proxy -c CONFIG`` from the repo root, returned once ``listeners`` processes
+    said "listening" on stderr (bounded). Its stdout (the access log) is discarded."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "-c",
+        str(config),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stderr is not None
+    try:
+        heard = 0
+        async with asyncio.timeout(timeout):
+            while heard < listeners:
+                line = await proc.stderr.readline()
+                assert line, "the proxy exited before listening"
+                heard += b"listening" in line
+    except BaseException:
+        await stop_process(proc)
+        raise
+    return proc
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    """Kill a proxy process a test started, if it is still running."""
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, origin
+from .conftest import MakeProxy, origin, start_proxy_process, stop_process
 
 MiB = 1024 * 1024
 UPSTREAM_SIZE = 256 * MiB  # far more than the client will read
@@ -182,9 +182,7 @@ def _rss_kib(pid: int) -> int:
 async def test_512_mib_to_a_5_mb_s_reader_grows_the_proxy_rss_by_less_than_32_mib(
     aiohttp_server, tmp_path
 ) -> None:
-    import sys
     import time
-    from pathlib import Path
 
     from .test_operations import free_port
 
@@ -209,21 +207,8 @@ async def test_512_mib_to_a_5_mb_s_reader_grows_the_proxy_rss_by_less_than_32_mi
         f"upstreams: {{up: {{targets: ['{origin(up)}']}}}}\n"
         "routes: [{name: r, upstream: up}]\n"
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=Path(__file__).parent.parent,
-    )
-    assert proc.stderr is not None
+    proc = await start_proxy_process(config)
     try:
-        async with asyncio.timeout(20):
-            while b"listening" not in (line := await proc.stderr.readline()):
-                assert line, "the proxy exited before listening"
         base = _rss_kib(proc.pid)
         peak = base
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=BLOCK)
@@ -246,5 +231,4 @@ async def test_512_mib_to_a_5_mb_s_reader_grows_the_proxy_rss_by_less_than_32_mi
         assert received == total
         assert (peak - base) < 32 * 1024, f"RSS grew by {(peak - base) / 1024:.1f} MiB"
     finally:
-        proc.terminate()
-        await proc.wait()
+        await stop_process(proc)

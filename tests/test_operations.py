@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, origin
+from .conftest import MakeProxy, origin, start_proxy_process, stop_process
 
 ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
-ROOT = Path(__file__).parent.parent
 
 
 async def test_healthz_and_readyz(aiohttp_server, make_proxy: MakeProxy) -> None:
@@ -94,24 +91,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def start_process(config: Path) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    assert proc.stderr is not None
-    async with asyncio.timeout(20):
-        while b"listening" not in (line := await proc.stderr.readline()):
-            assert line, "the proxy exited before listening"
-    return proc
-
-
 def demo_config(tmp_path: Path, grace: str = "10s") -> tuple[Path, int, int]:
     port, admin, demo = free_port(), free_port(), free_port()
     path = tmp_path / "proxy.yaml"
@@ -133,7 +112,7 @@ routes:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_a_signal_drains_and_exits_0(tmp_path: Path, sig: signal.Signals) -> None:
     path, port, _admin = demo_config(tmp_path)
-    proc = await start_process(path)
+    proc = await start_proxy_process(path)
     try:
         async with aiohttp.ClientSession() as s:
             r = await s.get(f"http://127.0.0.1:{port}/logs?n=10")
@@ -144,14 +123,12 @@ async def test_a_signal_drains_and_exits_0(tmp_path: Path, sig: signal.Signals) 
             r.release()
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
 
 
 async def test_sighup_reloads_a_valid_config_and_keeps_the_old_on_errors(tmp_path: Path) -> None:
     path, port, _admin = demo_config(tmp_path)
-    proc = await start_process(path)
+    proc = await start_proxy_process(path)
     assert proc.stderr is not None
     try:
         original = path.read_text()
@@ -180,35 +157,18 @@ async def test_sighup_reloads_a_valid_config_and_keeps_the_old_on_errors(tmp_pat
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
 
 
 async def test_the_readme_run_command_serves_the_demo_stream_redacted_and_tagged() -> None:
     port, admin, demo = free_port(), free_port(), free_port()
     env = {
-        **os.environ,
         "PROXY_PORT": str(port),
         "PROXY_ADMIN_PORT": str(admin),
         "PROXY_DEMO_PORT": str(demo),
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "-c",
-        "proxy.yaml",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env=env,
-    )
-    assert proc.stderr is not None
+    proc = await start_proxy_process("proxy.yaml", env)
     try:
-        async with asyncio.timeout(20):
-            while b"listening" not in (line := await proc.stderr.readline()):
-                assert line, "the proxy exited before listening"
         async with aiohttp.ClientSession() as s:
             async with s.get(f"http://127.0.0.1:{port}/demo/logs") as r:
                 assert r.status == 200
@@ -225,9 +185,7 @@ async def test_the_readme_run_command_serves_the_demo_stream_redacted_and_tagged
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
 
 
 async def test_reload_keeps_in_flight_streams_and_closes_removed_upstreams_once_idle(

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 
+from .conftest import start_proxy_process, stop_process
 from .test_operations import free_port
-
-ROOT = Path(__file__).parent.parent
 
 
 async def test_two_workers_share_the_port_add_up_metrics_and_drain_together(
@@ -34,25 +31,11 @@ routes:
     )
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    # Two workers and the supervisor each say "listening".
+    proc = await start_proxy_process(
+        config, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, listeners=3
     )
-    assert proc.stderr is not None
     try:
-        listening = 0
-        async with asyncio.timeout(30):
-            while listening < 3:  # two workers and the supervisor say so
-                line = await proc.stderr.readline()
-                assert line, "the proxy exited early"
-                listening += b"listening" in line
         requests = 40
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
             for _ in range(requests):
@@ -83,6 +66,4 @@ routes:
             stream.release()
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
