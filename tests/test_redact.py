@@ -8,12 +8,13 @@ import re
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 
 from plugins import redact as redact_module
 from plugins.redact import Options, Redact, parse_size, redact_reference
 from proxy.transform_api import TransformContext
+
+from .transform_support import chunkings, make_ctx
 
 SETTINGS = settings(
     deadline=None,
@@ -27,37 +28,6 @@ def examples(n: int) -> settings:
 
 
 EXTRA = ["é", "漢", "😀", " ", "\n"]  # multi-byte characters get split by the byte chunkings
-
-
-def make_ctx(charset: str = "utf-8") -> TransformContext:
-    return TransformContext(
-        route="r",
-        upstream="u",
-        request_id="id",
-        direction="response",
-        headers=CIMultiDictProxy(CIMultiDict()),
-        charset=charset,
-    )
-
-
-def split(body: bytes, cuts: list[int]) -> list[bytes]:
-    chunks, prev = [], 0
-    for cut in sorted(cuts):
-        chunks.append(body[prev:cut])
-        prev = cut
-    chunks.append(body[prev:])
-    return chunks
-
-
-@st.composite
-def chunkings(draw: st.DrawFn, body: bytes) -> list[bytes]:
-    """Whole, byte by byte (with empty chunks), or random cuts (repeated cuts: empty chunks)."""
-    kind = draw(st.sampled_from(["whole", "bytes", "random", "random", "random"]))
-    if kind == "whole":
-        return [body]
-    if kind == "bytes":
-        return [x for i in range(len(body)) for x in (body[i : i + 1], b"")]
-    return split(body, draw(st.lists(st.integers(0, len(body)), max_size=24)))
 
 
 def texts(tokens: list[str], max_size: int = 40, extra: bool = True) -> st.SearchStrategy[str]:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 
 from plugins import tag_lines as tag_lines_module
 from plugins.tag_lines import Options, TagLines, render_tag, tag_lines_reference
 from proxy.transform_api import TransformContext
+
+from .transform_support import chunkings
+from .transform_support import make_ctx as _make_ctx
+
+make_ctx = functools.partial(_make_ctx, route="logs", upstream="api")
 
 SETTINGS = settings(
     deadline=None,
@@ -24,36 +29,6 @@ TAGS = ["[{upstream}] ", "{n}:", "", "{route}/{upstream}#{n:03d} ", "é{n}漢 ",
 
 def examples(n: int) -> settings:
     return settings(SETTINGS, max_examples=n)
-
-
-def make_ctx(route: str = "logs", upstream: str = "api", charset: str = "utf-8"):
-    return TransformContext(
-        route=route,
-        upstream=upstream,
-        request_id="id",
-        direction="response",
-        headers=CIMultiDictProxy(CIMultiDict()),
-        charset=charset,
-    )
-
-
-def split(body: bytes, cuts: list[int]) -> list[bytes]:
-    chunks, prev = [], 0
-    for cut in sorted(cuts):
-        chunks.append(body[prev:cut])
-        prev = cut
-    chunks.append(body[prev:])
-    return chunks
-
-
-@st.composite
-def chunkings(draw: st.DrawFn, body: bytes) -> list[bytes]:
-    kind = draw(st.sampled_from(["whole", "bytes", "random", "random"]))
-    if kind == "whole":
-        return [body]
-    if kind == "bytes":
-        return [x for i in range(len(body)) for x in (body[i : i + 1], b"")]
-    return split(body, draw(st.lists(st.integers(0, len(body)), max_size=20)))
 
 
 bodies = st.lists(
