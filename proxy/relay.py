@@ -70,8 +70,6 @@ class Relay:
         self.metrics = metrics
         self.access_log = access_log
         self.active = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
@@ -81,7 +79,6 @@ class Relay:
         raw = request.raw_path
         rec = AccessRecord(request.method, raw.split("?", 1)[0], rid, start)
         self.active += 1
-        self.idle.clear()
         self.metrics.active_streams.inc()
         runtime.users += 1
         try:
@@ -89,8 +86,6 @@ class Relay:
         finally:
             self.active -= 1
             runtime.users -= 1
-            if not self.active:
-                self.idle.set()
             self.metrics.active_streams.dec()
             end = loop.time()
             self.metrics.request_done(
