@@ -43,7 +43,10 @@ whole chunk keeps its leading part unchanged (the longest prefix that looks at m
 ahead, e.g. ``password=``) and its next node too if it is a repeated single character test
 (``\S+``), with Σ added to the class; only positions within that many characters of the end are
 then checked with the fully rewritten pattern. The common path (no match near the end of the
-chunk) is one ``re`` search over the chunk and one over its last few characters.
+chunk) is one ``re`` search over the chunk and one over its last few characters. In ASCII text,
+that search is replaced by a Hyperscan scan for where the leading part may match
+(:mod:`plugins.redact_prefilter`), and ``re`` only matches there: patterns without a literal
+prefix (``\b\d{4}-…``, ``(?i)token=``) no longer make ``re`` try every position.
 
 Fail closed: when the held text of a stage grows beyond ``max_match`` characters it is replaced
 by the replacement (group references expanded as empty), counted as a redaction, and the stage
@@ -78,6 +81,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from plugins.redact_prefilter import Prefilter, build_prefilter
 from proxy import units
 from proxy.content_types import codec_for
 
@@ -462,6 +466,12 @@ class _Spec:
         if self.sigma_class:
             reach += nodes[split][1][0]
         self.split, self.reach = split, int(reach)
+        # where the head (the unchanged leading nodes) may match: Hyperscan, in ASCII text
+        head = nodes[:split]
+        min_width = sre_parse.SubPattern(self.parsed.state, head).getwidth()[0] if head else 0
+        self.prefilter: Prefilter | None = build_prefilter(
+            head, self.flags, min_width, _Emitter(_SIGMAS[0], ()).atom
+        )
         # characters of consumed text a search must still see (lookbehinds, ^, \b)
         self.context = 1 + sum(
             av[1].getwidth()[1] for op, av in _walk(self.parsed) if op in _LOOKS and av[0] == -1
@@ -588,7 +598,12 @@ class _Stage:
         """Emit what is decided in ``padded[:n]`` (``padded[n]`` is the sentinel)."""
         tail = max(cur, n - self._spec.reach)
         if cur < tail:
-            cur, done = self._phase(out, v.main, padded, n, cur, tail)
+            prefilter = self._spec.prefilter
+            starts = None if prefilter is None else prefilter.starts(padded, cur, n)
+            if starts is None:
+                cur, done = self._phase(out, v.main, padded, n, cur, tail)
+            else:
+                cur, done = self._phase_at(out, v.main, padded, n, cur, tail, starts)
             if done:
                 return cur
         cur, _ = self._phase(out, v.full, padded, n, cur, n + 1)
@@ -629,6 +644,41 @@ class _Stage:
             self.redactions += 1
             cur = end
             self._must_advance = start == end
+        return max(cur, self._emit(out, padded, cur, min(limit, n))), False
+
+    def _phase_at(
+        self,
+        out: list[str],
+        pat: re.Pattern[str],
+        padded: str,
+        n: int,
+        cur: int,
+        limit: int,
+        starts: list[int],
+    ) -> tuple[int, bool]:
+        """:meth:`_phase` trying only ``starts`` (the prefilter's; the pattern cannot match
+        empty, so re.sub's empty-match rules do not arise)."""
+        for q in starts:
+            if q >= limit:
+                break
+            if q < cur:
+                continue
+            m = pat.match(padded, q)
+            if m is None:
+                continue
+            end = m.end()
+            if end > n:  # the frontier
+                return self._emit(out, padded, cur, q), True
+            real = self._spec.re.match(padded, q, n)
+            if real is None or real.end() != end:  # pragma: no cover - safety net, never seen
+                self.mismatches += 1
+                return self._emit(out, padded, cur, q), True
+            if q > cur:
+                out.append(padded[cur:q])
+            out.append(self._expand(real))
+            self.redactions += 1
+            cur = end
+            self._must_advance = False
         return max(cur, self._emit(out, padded, cur, min(limit, n))), False
 
     def _match_in_order(

@@ -233,15 +233,21 @@ def random_regexes(draw: st.DrawFn, depth: int = 0) -> str:
     return "|".join(alternatives)
 
 
-@examples(400)
-@given(data=st.data())
-def test_random_patterns_equal_reference(data):
-    pattern = data.draw(st.sampled_from(["", "(?i)", "(?m)", "(?s)"])) + data.draw(random_regexes())
+def draw_pattern(data: st.DataObject, flags: list[str]) -> str:
+    """A random pattern, with one of ``flags`` in front, that ``redact`` accepts."""
+    pattern = data.draw(st.sampled_from(flags)) + data.draw(random_regexes())
     try:
         re.compile(pattern)
         Options(patterns=[pattern])
     except (re.error, ValidationError):
         assume(False)
+    return pattern
+
+
+@examples(400)
+@given(data=st.data())
+def test_random_patterns_equal_reference(data):
+    pattern = draw_pattern(data, ["", "(?i)", "(?m)", "(?s)"])
     text = data.draw(st.text(alphabet="aabbc \nA", max_size=30))
     try:
         expected = redact_reference(text.encode(), [pattern], "<>")
