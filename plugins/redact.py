@@ -81,6 +81,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from plugins.redact_literal import LiteralStage, ascii_transparent
 from plugins.redact_prefilter import Prefilter, build_prefilter
 from proxy import units
 from proxy.content_types import codec_for
@@ -476,6 +477,14 @@ class _Spec:
         self.context = 1 + sum(
             av[1].getwidth()[1] for op, av in _walk(self.parsed) if op in _LOOKS and av[0] == -1
         )
+        # a plain ASCII string (no flag changes what it matches): redacted on the bytes
+        self.literal: str | None = None
+        if (
+            nodes
+            and all(op is sre.LITERAL and av < 128 for op, av in nodes)
+            and not self.flags & (re.IGNORECASE | re.LOCALE)
+        ):
+            self.literal = "".join(chr(av) for _op, av in nodes)
         self._variants: dict[str, _Variant] = {}
         self.variant(_SIGMAS[0])  # compile errors show at load
 
@@ -768,6 +777,28 @@ def _pick_sigma(a: str, b: str) -> str:
     raise ValueError("the text contains every sentinel character")  # pragma: no cover
 
 
+def _literal_stages(
+    specs: Sequence[_Spec], options: Options, codec: str
+) -> list[LiteralStage] | None:
+    """Byte-level stages when every pattern is an ASCII literal and the charset allows it
+    (:mod:`plugins.redact_literal`); None otherwise."""
+    if not ascii_transparent(codec):
+        return None
+    stages = []
+    for spec in specs:
+        literal = spec.literal
+        if literal is None or len(literal) > options.max_match:
+            return None
+        match = spec.re.match(literal)
+        assert match is not None
+        try:
+            replacement = match.expand(options.replacement).encode(codec, "surrogateescape")
+        except UnicodeEncodeError:
+            return None  # the text path fails on it the same way the reference does
+        stages.append(LiteralStage(literal.encode("ascii"), replacement))
+    return stages
+
+
 class RedactStream:
     """One body: bytes in, bytes out (decoding, the chain of stages, encoding, counting)."""
 
@@ -776,7 +807,13 @@ class RedactStream:
         self._ctx = ctx
         self._decoder = codecs.getincrementaldecoder(codec)(errors="surrogateescape")
         self._encoder = codecs.getincrementalencoder(codec)(errors="surrogateescape")
-        self.stages = [_Stage(s, options.replacement, options.max_match) for s in specs]
+        self.stages: list[_Stage] | list[LiteralStage]
+        literal = _literal_stages(specs, options, codec)
+        self._on_bytes = literal is not None
+        if literal is not None:
+            self.stages = literal
+        else:
+            self.stages = [_Stage(s, options.replacement, options.max_match) for s in specs]
         self.redactions = 0
 
     @property
@@ -785,6 +822,11 @@ class RedactStream:
         return [stage.held for stage in self.stages]
 
     def feed(self, data: bytes) -> bytes:
+        if self._on_bytes:
+            for literal in self.stages:
+                data = literal.feed(data)
+            self._count()
+            return data
         text = self._decoder.decode(data)
         for stage in self.stages:
             if not text:
@@ -794,6 +836,12 @@ class RedactStream:
         return self._encoder.encode(text) if text else b""
 
     def close(self) -> bytes:
+        if self._on_bytes:
+            data = b""
+            for literal in self.stages:
+                data = literal.flush(data)
+            self._count()
+            return data
         text = self._decoder.decode(b"", final=True)
         for stage in self.stages:
             text = stage.flush(text)

@@ -1,0 +1,95 @@
+"""``redact`` on the bytes for literal ASCII patterns: the same output as the reference."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from plugins import redact_literal
+from plugins.redact import Redact, redact_reference
+
+from .test_redact import examples, run
+from .transform_support import chunkings, make_ctx
+
+
+def on_bytes(patterns: list[str], charset: str = "utf-8", **options: object) -> bool:
+    return Redact(patterns=patterns, **options).open(make_ctx(charset))._on_bytes
+
+
+def test_literal_patterns_run_on_the_bytes():
+    assert on_bytes(["password=hunter2"])
+    assert on_bytes(["password=hunter2", "AKIA", r"a\.b"])  # an escaped dot is a literal too
+    assert on_bytes(["secret"], "iso-8859-1") and on_bytes(["secret"], "windows-1252")
+    assert on_bytes(["secret"], replacement=r"<\g<0>>")
+
+
+@pytest.mark.parametrize(
+    ("patterns", "charset", "options"),
+    [
+        (["(?i)secret"], "utf-8", {}),  # case folding is re's business
+        (["a.b"], "utf-8", {}),
+        (["(secret)"], "utf-8", {}),
+        (["secret", r"\d+"], "utf-8", {}),  # one regex: every stage on the text
+        (["café"], "utf-8", {}),  # not ASCII
+        (["secret"], "utf-16", {}),  # ASCII bytes are not characters there
+        (["secret"], "shift_jis", {}),  # a double-byte character may end in an ASCII byte
+        (["secret"], "iso-8859-1", {"replacement": "漢"}),  # cannot be encoded there
+        (
+            ["abcdef"],
+            "utf-8",
+            {"max_match": 4},
+        ),  # longer than max_match
+    ],
+)
+def test_other_patterns_run_on_the_text(patterns, charset, options):
+    assert not on_bytes(patterns, charset, **options)
+
+
+PIECES = ["a", "b", "ab", "aab", "é", "漢", "😀", "\n", " ", "pass", "word", "password"]
+
+
+@examples(400)
+@given(data=st.data())
+def test_equals_reference(data):
+    patterns = data.draw(
+        st.lists(
+            st.sampled_from(["a", "aa", "aba", "ab", "password", "wordp", "b"]),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    charset = data.draw(st.sampled_from(["utf-8", "iso-8859-1", "windows-1252"]))
+    replacement = data.draw(st.sampled_from(["[REDACTED]", "", "a", r"<\g<0>>", "é"]))
+    text = "".join(data.draw(st.lists(st.sampled_from(PIECES), max_size=40)))
+    body = text.encode("utf-8") + data.draw(st.sampled_from([b"", b"\xff", b"\xe2\x82"]))
+    transform = Redact(patterns=patterns, replacement=replacement)
+    assert transform.open(make_ctx(charset))._on_bytes
+    ctx = make_ctx(charset)
+    got = run(transform, data.draw(chunkings(body)), ctx)
+    assert got == redact_reference(body, patterns, replacement, charset)
+    assert ctx.counters.get("redactions", 0) == matches(body, patterns, replacement, charset)
+
+
+def matches(body: bytes, patterns: list[str], replacement: str, charset: str) -> int:
+    """How many replacements the reference makes."""
+    text = body.decode(charset, "surrogateescape")
+    total = 0
+    for pattern in patterns:
+        text, n = re.subn(pattern, replacement, text)
+        total += n
+    return total
+
+
+@pytest.mark.parametrize("finder", [True, False], ids=["hyperscan", "bytes.find"])
+def test_dense_occurrences(finder, monkeypatch):
+    if not finder:
+        monkeypatch.setattr(redact_literal, "MAX_HITS", 0)  # every scan gives up: bytes.find
+    body = b"a" * 9001 + b"b" + b"ab" * 5000
+    chunks = [body[i : i + 777] for i in range(0, len(body), 777)]
+    ctx = make_ctx()
+    got = run(Redact(patterns=["aa", "ab"], replacement="x"), chunks, ctx)
+    assert got == redact_reference(body, ["aa", "ab"], "x")
+    assert ctx.counters["redactions"] == matches(body, ["aa", "ab"], "x", "utf-8") == 9501
