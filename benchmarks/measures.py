@@ -304,8 +304,8 @@ def warm_references() -> None:
 
 # ---------------------------------------------------------------- the list
 
-STREAM_PEERS = {c: c for c in ("direct", "proxy", "naive", "nginx")}
-PROXY_PEERS = {c: c for c in ("proxy", "naive", "nginx")}
+STREAM_PEERS = {c: c for c in ("direct", "proxy", "naive", "nginx", "caddy")}
+PROXY_PEERS = {c: c for c in ("proxy", "naive", "nginx", "caddy")}
 M5_PEERS = {c: c for c in ("proxy", "naive", "nginx", "nginx-64k")}
 M1_METRICS = [
     Metric("rps", "req/s", "higher", 0, ratio=True),

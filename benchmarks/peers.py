@@ -63,10 +63,14 @@ def _smoke(peer: Peer, m5_routes: list[str]) -> str | None:
 
 
 def _gist(stderr: str) -> str:
-    """The telling line of a stderr tail: a traceback's last line, else the first line."""
+    """The telling line of a stderr tail: a traceback's last line, a Go program's ``Error:``
+    line, else the first line."""
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     if not lines:
         return ""
+    errors = [ln for ln in lines if ln.startswith("Error:")]
+    if errors and "Traceback" not in stderr:
+        return ": " + errors[-1].strip()[:300]
     return ": " + (lines[-1] if "Traceback" in stderr else lines[0]).strip()[:300]
 
 
@@ -323,6 +327,62 @@ def start_nginx(
         if problem:
             peer.url, peer.note = None, f"n/a: {problem}"
     return peers
+
+
+# ---------------------------------------------------------------- caddy
+
+
+def caddy_config(workdir: Path, port: int, upstream: int) -> str:
+    """A Caddyfile: plain HTTP on 127.0.0.1 only, no admin API, no certificates, streaming
+    reverse proxy. Settings chosen to match the nginx peer: access log formatted and written
+    (to stdout, which the harness sends to /dev/null, as nginx's goes to /dev/null), up to 64
+    idle upstream connections kept (nginx: ``keepalive 64``), 2 s shutdown grace."""
+    return (
+        "{\n"
+        "\tadmin off\n"
+        "\tauto_https off\n"
+        "\tgrace_period 2s\n"
+        f"\tstorage file_system {workdir / 'data'}\n"
+        "}\n"
+        "\n"
+        f"http://:{port} {{\n"  # no host matcher: every request is proxied
+        "\tbind 127.0.0.1\n"
+        "\tlog {\n"
+        "\t\toutput stdout\n"
+        "\t}\n"
+        f"\treverse_proxy 127.0.0.1:{upstream} {{\n"
+        "\t\tflush_interval -1\n"
+        "\t\ttransport http {\n"
+        "\t\t\tkeepalive_idle_conns_per_host 64\n"
+        "\t\t}\n"
+        "\t}\n"
+        "}\n"
+    )
+
+
+def start_caddy(logdir: Path, upstream: int, log: list[str], tag: str = "") -> Peer:
+    """Caddy (Debian's ``caddy``), one core: ``GOMAXPROCS=1`` and pinned like nginx."""
+    binary = ensure_tool("caddy", ["caddy"], log)
+    if binary is None:
+        return Peer("caddy", None, note="n/a: caddy is not installed and could not be")
+    workdir = logdir / f"caddy{tag}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = workdir / "Caddyfile"
+    conf.write_text(caddy_config(workdir, port, upstream))
+    env = {
+        **os.environ,
+        "GOMAXPROCS": "1",
+        "HOME": str(workdir),  # Caddy's data and config folders, instead of the user's
+        "XDG_DATA_HOME": str(workdir / "data"),
+        "XDG_CONFIG_HOME": str(workdir / "config"),
+    }
+    argv = [binary, "run", "--config", str(conf), "--adapter", "caddyfile"]
+    proc = Proc(f"caddy{tag}", pinned(argv, PROXY_CPU), logdir, cwd=str(workdir), env=env).start()
+    peer = Peer("caddy", f"http://127.0.0.1:{port}", proc.pid, proc)
+    peer.info = {"config": str(conf)}
+    peer.spawn = lambda: start_caddy(logdir, upstream, log, f"-fresh{next(_FRESH)}")
+    return _started(peer, port, [])
 
 
 def _pick(peers: list[Peer], name: str) -> Peer:

@@ -89,6 +89,7 @@ def machine() -> dict[str, str]:
         "aiohttp": aiohttp.__version__,
         "uvloop": uv,
         "nginx": _version(["nginx", "-v"]),
+        "caddy": _version(["caddy", "version"]),
         "wrk": _version(["wrk", "-v"]),
         "pinning": "proxy on core 0, upstream + load on core 1" if procs.can_pin() else "off",
     }
@@ -113,6 +114,9 @@ def start_peers(
         if name in names:
             say(f"starting {name} (python -m proxy) ...")
             out[name] = peers.start_proxy(logdir, upstream, workers, python)
+    if "caddy" in names:
+        say("starting caddy ...")
+        out["caddy"] = peers.start_caddy(logdir, upstream, log)
     for p in out.values():
         for note in (p.note, *p.skipped.values()):
             if note:
