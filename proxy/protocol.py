@@ -274,14 +274,19 @@ class ProxyWebServer(web.Server):
 
     @staticmethod
     def _gate(handler: Handler) -> Handler:
-        async def gate(request: web.BaseRequest) -> web.StreamResponse:
+        # A plain function handing back the handler's awaitable: no coroutine frame of its own
+        # stays alive for the whole (possibly hours long) stream.
+        def gate(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
             refusal = request.get(_REFUSAL)
             if refusal is not None:
-                status, detail = refusal
-                return json_error(status, detail)
-            return await handler(request)
+                return _refuse(*refusal)
+            return handler(request)
 
         return gate
+
+
+async def _refuse(status: int, detail: str) -> web.StreamResponse:
+    return json_error(status, detail)
 
 
 def json_error(status: int, detail: str, request_id: str | None = None) -> web.Response:
