@@ -324,11 +324,17 @@ REDACT_METRICS = [
 ]
 
 MEASURES: list[Measure] = [
-    Measure("M1", "M1 1 KiB responses, keep-alive, 50 conns", STREAM_PEERS, M1_METRICS, m1),
+    Measure(
+        "M1",
+        "M1 1 KiB responses, keep-alive, 50 conns",
+        STREAM_PEERS | {"mitmproxy": "mitmproxy"},
+        M1_METRICS,
+        m1,
+    ),
     Measure(
         "M2",
         "M2 64 MiB bodies",
-        STREAM_PEERS | {"nginx-64k": "nginx-64k"},
+        STREAM_PEERS | {"nginx-64k": "nginx-64k", "mitmproxy": "mitmproxy"},
         [Metric("mbps", "MB/s", "higher", 0, ratio=True)],
         m2,
     ),

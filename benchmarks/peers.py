@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from procs import Proc, ensure_tool, free_port, http_get, pinned, wait_port
+from procs import Proc, ensure_tool, ensure_venv_tool, free_port, http_get, pinned, wait_port
 from textgen import LITERALS_10, PATTERNS_1, PATTERNS_10, TAG
 
 REPO = Path(__file__).resolve().parent.parent
@@ -383,6 +383,35 @@ def start_caddy(logdir: Path, upstream: int, log: list[str], tag: str = "") -> P
     peer.info = {"config": str(conf)}
     peer.spawn = lambda: start_caddy(logdir, upstream, log, f"-fresh{next(_FRESH)}")
     return _started(peer, port, [])
+
+
+# ---------------------------------------------------------------- mitmproxy
+
+MITM_VENV = Path("/tmp/streamproxy-bench-mitmproxy")  # kept between runs: pip is slow
+
+
+def start_mitmproxy(logdir: Path, upstream: int, log: list[str]) -> Peer:
+    """mitmdump in reverse-proxy mode, bodies streamed, its flow log on (stdout, to /dev/null)."""
+    binary = ensure_venv_tool("mitmdump", "mitmproxy", MITM_VENV, log)
+    if binary is None:
+        return Peer("mitmproxy", None, note="n/a: mitmproxy is not installed and could not be")
+    workdir = logdir / "mitmproxy"
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [binary, "--mode", f"reverse:http://127.0.0.1:{upstream}@{port}"]
+    argv += ["--listen-host", "127.0.0.1"]
+    argv += ["--set", f"confdir={workdir / 'conf'}"]  # its CA files, instead of ~/.mitmproxy
+    argv += ["--set", "stream_large_bodies=1"]  # relay bodies as they come, never hold them
+    env = {**os.environ, "HOME": str(workdir)}
+    proc = Proc("mitmproxy", pinned(argv, PROXY_CPU), logdir, cwd=str(workdir), env=env).start()
+    peer = Peer("mitmproxy", f"http://127.0.0.1:{port}", proc.pid, proc)
+    peer.info = {"command": " ".join(argv)}
+    try:
+        r = subprocess.run([binary, "--version"], capture_output=True, timeout=30, check=False)
+        peer.info["version"] = r.stdout.decode(errors="replace").splitlines()[0].strip()
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        pass
+    return _started(peer, port, [], timeout=30.0)
 
 
 def _pick(peers: list[Peer], name: str) -> Peer:

@@ -187,3 +187,39 @@ def ensure_tool(binary: str, packages: list[str], log: list[str]) -> str | None:
     return shutil.which(binary) or next(
         (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.path.exists(p)), None
     )
+
+
+def ensure_venv_tool(binary: str, package: str, venv: Path, log: list[str]) -> str | None:
+    """Path of ``binary``: on PATH, else in ``venv``, else pip-installs ``package`` there."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    exe = venv / "bin" / binary
+    if exe.exists():
+        return str(exe)
+    try:
+        if not (venv / "bin" / "pip").exists():
+            print(f"creating a venv in {venv} ...", file=sys.stderr, flush=True)
+            r = subprocess.run(
+                [sys.executable, "-m", "venv", str(venv)],
+                timeout=120,
+                capture_output=True,
+                check=False,
+            )
+            if r.returncode != 0:
+                log.append(f"venv {venv}: {r.stderr.decode(errors='replace')[-300:]}")
+                return None
+        print(f"installing {package} into {venv} ...", file=sys.stderr, flush=True)
+        r = subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", package],
+            timeout=600,
+            capture_output=True,
+            check=False,
+        )
+        if r.returncode != 0:
+            log.append(f"pip install {package}: {r.stderr.decode(errors='replace')[-300:]}")
+    except subprocess.TimeoutExpired:
+        log.append(f"{binary}: creating the venv or pip install timed out")
+    except OSError as e:
+        log.append(f"{binary}: {e}")
+    return str(exe) if exe.exists() else None

@@ -6,9 +6,9 @@ import statistics
 
 from measures import Measure, Metric
 
-COLUMNS = ["direct", "proxy", "naive", "nginx", "nginx-64k", "caddy"]
+COLUMNS = ["direct", "proxy", "naive", "nginx", "nginx-64k", "caddy", "mitmproxy"]
 SUBJECT = "proxy"  # this project: the ratios are its figure over each peer's
-RATIO_VS = ["naive", "nginx", "nginx-64k", "caddy"]
+RATIO_VS = ["naive", "nginx", "nginx-64k", "caddy", "mitmproxy"]
 
 YES_NO = {"exact", "complete"}  # must hold in every run: shown as yes/no
 Runs = dict[str, dict[str, list[dict[str, float | str]]]]  # measure -> column -> runs

@@ -117,6 +117,9 @@ def start_peers(
     if "caddy" in names:
         say("starting caddy ...")
         out["caddy"] = peers.start_caddy(logdir, upstream, log)
+    if "mitmproxy" in names:
+        say("starting mitmproxy (mitmdump) ...")
+        out["mitmproxy"] = peers.start_mitmproxy(logdir, upstream, log)
     for p in out.values():
         for note in (p.note, *p.skipped.values()):
             if note:
