@@ -34,6 +34,7 @@ from .errors import (
     UpstreamUnavailable,
     error_response,
 )
+from .h1client import H1Error, H1Response
 from .headers import (
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
@@ -216,7 +217,7 @@ class Relay:
         host_header = client_host if route.preserve_host else None
         path_qs = route.upstream_path(raw)
 
-        upstream_resp: aiohttp.ClientResponse | None = None
+        upstream_resp: H1Response | None = None
         plan: BodyPlan | None = None
         response: web.StreamResponse | None = None
         done = False
@@ -299,7 +300,7 @@ class Relay:
         self,
         request: web.BaseRequest,
         route: Route,
-        upstream_resp: aiohttp.ClientResponse,
+        upstream_resp: H1Response,
         rid: str,
     ) -> tuple[web.StreamResponse, BodyPlan | None]:
         if upstream_resp.status < 200:
@@ -330,8 +331,7 @@ class Relay:
             headers["X-Accel-Buffering"] = "no"
         # When the body's first bytes are already here and go out untransformed, the head can
         # leave in the same write as them: one system call less, and no later for the client.
-        content = upstream_resp.content
-        ready = plan is None and (content.total_bytes > 0 or content.is_eof())
+        ready = plan is None and upstream_resp.ready
         response = (_HeadWithBody if ready else web.StreamResponse)(
             status=upstream_resp.status, reason=upstream_resp.reason, headers=headers
         )
@@ -339,7 +339,7 @@ class Relay:
 
     async def _relay_body(
         self,
-        upstream_resp: aiohttp.ClientResponse,
+        upstream_resp: H1Response,
         response: web.StreamResponse,
         plan: BodyPlan | None,
         rec: AccessRecord,
@@ -348,11 +348,11 @@ class Relay:
         sent = 0
         try:
             if plan is None:
-                read = upstream_resp.content.readany
+                read = upstream_resp.read
                 while True:
                     try:
                         chunk = await read()
-                    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    except H1Error as exc:
                         raise read_failure(exc) from exc
                     if not chunk:
                         break
