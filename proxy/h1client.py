@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 HIGH_WATER = 2**16  # body bytes buffered per response before the socket stops being read
 MAX_HEAD = 2**16  # bytes an unfinished response head may take before it is refused
 
+_NO_HEADERS: CIMultiDict[str] = CIMultiDict()
+
 # Response states
 HEAD, BODY, DONE = 0, 1, 2
 
@@ -129,6 +131,12 @@ class H1Response:
         self._buffered = 0
         self._error: H1Error | None = None
         self._waiter: asyncio.Future[None] | None = None
+
+    def take_headers(self) -> CIMultiDict[str]:
+        """The response headers, handed over: the response keeps none (a stream can last for
+        hours, and its headers have been relayed long before)."""
+        headers, self.headers = self.headers, _NO_HEADERS
+        return headers
 
     @property
     def ready(self) -> bool:

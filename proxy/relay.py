@@ -225,6 +225,7 @@ class Relay:
             upstream_resp, target = await upstream.send(
                 request.method, path_qs, headers, body, host_header, body_state
             )
+            del headers  # sent: not kept for the life of the stream
             rec.target = target.origin
             try:
                 response, plan = self._response_head(request, route, upstream_resp, rid)
@@ -309,7 +310,8 @@ class Relay:
             raise UpstreamUnavailable(
                 f"upstream sent an unusable final status {upstream_resp.status}"
             )
-        headers = end_to_end(upstream_resp.headers)
+        upstream_headers = upstream_resp.take_headers()
+        headers = end_to_end(upstream_headers)
         for value in headers.values():
             if undecodable(value):
                 # aiohttp's writer would drop the undecodable bytes: refuse, don't alter.
@@ -317,7 +319,7 @@ class Relay:
         headers[X_REQUEST_ID] = rid
         plan = None
         if route.chains.response and _has_body(request.method, upstream_resp.status):
-            ctx = self._context(route, rid, "response", upstream_resp.headers)
+            ctx = self._context(route, rid, "response", upstream_headers)
             try:
                 plan = plan_body(
                     route.chains.response, headers, request.headers.get("Accept-Encoding"), ctx
