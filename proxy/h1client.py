@@ -204,6 +204,7 @@ class H1Connection(asyncio.Protocol):
     __slots__ = (
         "_drain",
         "_head_bytes",
+        "_interim",
         "_last",
         "_parser",
         "_reason",
@@ -237,6 +238,7 @@ class H1Connection(asyncio.Protocol):
         self._resp: H1Response | None = None
         self._reason = b""
         self._head_bytes = 0
+        self._interim = False
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timing = False
@@ -249,6 +251,7 @@ class H1Connection(asyncio.Protocol):
         resp = self._resp = H1Response(self, head_only)
         self._reason = b""
         self._head_bytes = 0
+        self._interim = False
         return resp
 
     def write(self, data: bytes) -> None:
@@ -405,11 +408,16 @@ class H1Connection(asyncio.Protocol):
             return
         if self._timing:
             self._last = self.loop.time()
+        first = self._head_bytes == 0  # no earlier bytes of this response
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             if resp.state == DONE:  # stopped on purpose, or bytes past the response's end
-                self.spoiled = True
+                if resp.head_only and first and not self._interim and _ends_head(data):
+                    # A HEAD response that came whole in these bytes, and nothing after it.
+                    self._parser = httptools.HttpResponseParser(self)
+                else:
+                    self.spoiled = True
                 return
             resp._fail(InvalidResponse() if resp.state == HEAD else BodyInvalid())
             self.close()
@@ -446,16 +454,18 @@ class H1Connection(asyncio.Protocol):
             # An interim response (100 Continue, 103 Early Hints): the final one follows.
             resp.headers = CIMultiDict()
             self._reason = b""
+            self._interim = True
             return
         resp.status = status
         resp.reason = self._reason.decode("utf-8", "surrogateescape")
         self._reason = b""
         if resp.head_only or status == 101:
             # No body follows a HEAD response, whatever its headers say, and after a 101 the
-            # bytes are another protocol's. llhttp cannot be told so: stop it, and never reuse
-            # the connection (where its next response would start is unknown).
+            # bytes are another protocol's. llhttp cannot be told so: it is stopped here, and
+            # the connection reused only when the response's end is known to be where the
+            # bytes received end (see data_received).
             resp.state = DONE
-            self.spoiled = True
+            resp.keep_alive = status != 101 and self._parser.should_keep_alive()
             self._timing = False
             resp._wake()
             raise _Stop
@@ -488,3 +498,13 @@ class H1Connection(asyncio.Protocol):
         resp.keep_alive = not resp.close_delimited and self._parser.should_keep_alive()
         self._timing = False
         resp._wake()
+
+
+def _ends_head(data: bytes) -> bool:
+    """Does the first response head in ``data`` end where ``data`` ends?
+
+    llhttp requires CRLF line ends and no CR or LF inside a header, so a head it accepted ends
+    at its first empty line.
+    """
+    end = data.find(b"\r\n\r\n")
+    return end >= 0 and end == len(data) - 4
