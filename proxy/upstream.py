@@ -7,6 +7,7 @@ WebSocket handshakes and health checks) become :mod:`proxy.errors`.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -37,6 +38,7 @@ from .h1client import (
 from .h1pool import Endpoint, H1Pool
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f]")
 # Methods whose requests carry no body by convention: no "Content-Length: 0" when they have none.
 BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 
@@ -209,8 +211,14 @@ class Upstream:
                 break
             tried.add(target)
             text = f"{line}{host_header or target.host_header}\r\n{fields}\r\n"
-            if text.count("\n") != lines or text.count("\r") != lines:
-                raise ValueError("a CR or LF in the request line or a header")
+            # As aiohttp's writers: no control character but HTAB in the request line or a
+            # header (CR and LF only as the line ends).
+            if (
+                text.count("\n") != lines
+                or text.count("\r") != lines
+                or _CONTROL.search(text) is not None
+            ):
+                raise ValueError("a control character in the request line or a header")
             head = text.encode("utf-8", "surrogateescape")
             target.outstanding += 1
             target.requests += 1

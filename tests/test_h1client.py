@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+from multidict import CIMultiDict
 
 from proxy import h1pool
+from proxy.config import UpstreamConfig
 from proxy.h1client import (
     HIGH_WATER,
     BodyIncomplete,
@@ -25,6 +27,8 @@ from proxy.h1client import (
     StaleConnection,
 )
 from proxy.h1pool import Endpoint, H1Pool
+from proxy.upstream import BodyState
+from proxy.upstream import Upstream as ProxyUpstream
 
 GET = b"GET /x?a=%2F HTTP/1.1\r\nHost: up\r\n\r\n"
 HEAD = b"HEAD /x HTTP/1.1\r\nHost: up\r\n\r\n"
@@ -367,3 +371,23 @@ async def test_a_request_body_without_length_goes_chunked() -> None:
         resp.release()
         pool.close()
     assert got == [b"3\r\nabc\r\n11\r\n0123456789abcdef!\r\n0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("value", ["a\x01b", "a\x00b", "a\x7fb", "a\rb", "a\nX-Injected: 1"])
+async def test_a_control_character_in_a_request_header_is_never_written(value: str) -> None:
+    async with upstream(answering(OK)) as up:
+        config = UpstreamConfig(targets=[f"http://127.0.0.1:{up.port}"])
+        target = ProxyUpstream("up", config)
+        await target.start()
+        try:
+            headers: CIMultiDict[str] = CIMultiDict([("X-A", value)])
+            with pytest.raises(ValueError, match="control character"):
+                await target.send("GET", "/", headers, None, None, BodyState())
+            # Control: the same request with a clean value goes out.
+            headers = CIMultiDict([("X-A", "a\tb")])
+            resp, _ = await target.send("GET", "/", headers, None, None, BodyState())
+            assert await body_of(resp) == b"hello"
+            resp.release()
+        finally:
+            await target.close()
+    assert up.heads == [b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-A: a\tb\r\n\r\n" % up.port]
