@@ -71,9 +71,14 @@ class Relay:
         self.metrics = metrics
         self.access_log = access_log
         self.active = 0
+        # The event loop, looked up once: on Python 3.11 every asyncio.get_running_loop() is a
+        # getpid() system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         start = loop.time()
         runtime = self.runtime  # requests finish on the config they started with
         rid = request_id(request.headers.get(X_REQUEST_ID))
@@ -94,6 +99,11 @@ class Relay:
             )
             self.access_log.write(rec, end)
             runtime.release_if_retired()
+
+    def _now(self) -> float:
+        loop = self._loop
+        assert loop is not None, "set by handle()"
+        return loop.time()
 
     async def _serve(
         self, request: web.BaseRequest, runtime: Runtime, raw: str, rid: str, rec: AccessRecord
@@ -232,7 +242,7 @@ class Relay:
                 rec.response = response
                 rec.status = response.status
                 await response.prepare(request)
-                rec.ttfb = asyncio.get_running_loop().time()
+                rec.ttfb = self._now()
                 if not _has_body(request.method, upstream_resp.status):
                     await response.write_eof()
                     done = True
