@@ -190,15 +190,17 @@ class Upstream:
         # their order and repeats, then the body's framing.
         headers.popall("Host", None)
         fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        lines = len(headers) + 3  # with the request line, Host and the empty line
         chunked = False
         if body is not None:
             if "Content-Length" not in headers:
                 chunked = True
                 fields += "Transfer-Encoding: chunked\r\n"
+                lines += 1
         elif method not in BODYLESS and "Content-Length" not in headers:
             fields += "Content-Length: 0\r\n"
+            lines += 1
         line = f"{method} {path_qs} HTTP/1.1\r\nHost: "
-        lines = len(headers) + 3 + chunked
         tried: set[Target] = set()
         attempts = 1 + self.config.retries
         last: ProxyError | None = None

@@ -391,3 +391,47 @@ async def test_a_control_character_in_a_request_header_is_never_written(value: s
         finally:
             await target.close()
     assert up.heads == [b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-A: a\tb\r\n\r\n" % up.port]
+
+
+async def test_the_body_framing_of_a_request_is_declared() -> None:
+    async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            head = await up.read_head(reader)
+            if b"chunked" in head:
+                await reader.readuntil(b"0\r\n\r\n")
+            elif b"Content-Length: 3" in head:
+                await reader.readexactly(3)
+            w.write(OK)
+            await w.drain()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"abc"
+
+    async with upstream(reply) as up:
+        target = ProxyUpstream("up", UpstreamConfig(targets=[f"http://127.0.0.1:{up.port}"]))
+        await target.start()
+        host = b"Host: 127.0.0.1:%d\r\n" % up.port
+        try:
+            for method, length, stream, framing in [
+                ("POST", None, False, b"Content-Length: 0\r\n"),  # no body at all
+                ("DELETE", None, False, b"Content-Length: 0\r\n"),
+                ("GET", None, False, b""),
+                ("POST", "3", True, b"Content-Length: 3\r\n"),  # the client's length kept
+                ("PUT", None, True, b"Transfer-Encoding: chunked\r\n"),
+            ]:
+                headers: CIMultiDict[str] = CIMultiDict()
+                if length is not None:
+                    headers["Content-Length"] = length
+                resp, _ = await target.send(
+                    method, "/", headers, body() if stream else None, None, BodyState()
+                )
+                assert await body_of(resp) == b"hello"
+                resp.release()
+                assert up.heads[-1] == b"%s / HTTP/1.1\r\n%s%s\r\n" % (
+                    method.encode(),
+                    host,
+                    framing,
+                )
+        finally:
+            await target.close()
+    assert up.connections == 1
