@@ -13,7 +13,7 @@ exceptions into :mod:`proxy.errors`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -223,7 +223,7 @@ class H1Connection(asyncio.Protocol):
         "writing_paused",
     )
 
-    def __init__(self, pool: H1Pool, key: object, read_timeout: float) -> None:
+    def __init__(self, pool: H1Pool, key: Hashable, read_timeout: float) -> None:
         self.pool = pool
         self.key = key
         self.loop = asyncio.get_running_loop()
