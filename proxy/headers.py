@@ -42,7 +42,7 @@ def request_id(value: str | None) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
 
 
-def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     values = headers.getall("Connection", ())
     if not values:
         return frozenset()
@@ -52,7 +52,9 @@ def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
 
 
 def end_to_end(
-    headers: CIMultiDictProxy[str], drop: frozenset[str] = frozenset(), keep_upgrade: bool = False
+    headers: CIMultiDictProxy[str] | CIMultiDict[str],
+    drop: frozenset[str] = frozenset(),
+    keep_upgrade: bool = False,
 ) -> CIMultiDict[str]:
     """A copy without hop-by-hop headers (and those ``Connection`` names), order and repeats kept.
 

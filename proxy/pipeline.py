@@ -13,12 +13,12 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import aiohttp
 from multidict import CIMultiDict
 
 from .codecs import DecodeError, choose_encoding, make_decoder, make_encoder
 from .content_types import charset_of, parse_content_type
 from .errors import UpstreamBodyError, UpstreamBodyTimeout
+from .h1client import H1Error, H1Response
 from .plugin_loader import TransformStage
 from .transform_api import TransformContext
 
@@ -135,22 +135,22 @@ async def _encoded(source: AsyncIterator[bytes], coding: str) -> AsyncIterator[b
         yield tail
 
 
-async def upstream_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def upstream_body(resp: H1Response) -> AsyncIterator[bytes]:
     """The upstream response body as it arrives; failures become UpstreamBodyError."""
-    read = resp.content.readany
+    read = resp.read
     try:
         while chunk := await read():
             yield chunk
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+    except H1Error as exc:
         raise read_failure(exc) from exc
 
 
-def read_failure(exc: BaseException) -> UpstreamBodyError:
+def read_failure(exc: H1Error) -> UpstreamBodyError:
     """The proxy error for a failed read of an upstream body (silence past read_timeout, or a
-    reset or truncation)."""
-    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+    reset or truncation). The detail is the failure's fixed text, never upstream bytes."""
+    if isinstance(exc, TimeoutError):
         return UpstreamBodyTimeout("the upstream went silent past read_timeout")
-    return UpstreamBodyError(f"the upstream body broke off: {exc!r}")
+    return UpstreamBodyError(f"the upstream body broke off: {exc}")
 
 
 def filter_accept_encoding(value: str | None) -> str | None:

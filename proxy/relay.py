@@ -34,6 +34,7 @@ from .errors import (
     UpstreamUnavailable,
     error_response,
 )
+from .h1client import H1Error, H1Response
 from .headers import (
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
@@ -70,9 +71,14 @@ class Relay:
         self.metrics = metrics
         self.access_log = access_log
         self.active = 0
+        # The event loop, looked up once: on Python 3.11 every asyncio.get_running_loop() is a
+        # getpid() system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         start = loop.time()
         runtime = self.runtime  # requests finish on the config they started with
         rid = request_id(request.headers.get(X_REQUEST_ID))
@@ -93,6 +99,11 @@ class Relay:
             )
             self.access_log.write(rec, end)
             runtime.release_if_retired()
+
+    def _now(self) -> float:
+        loop = self._loop
+        assert loop is not None, "set by handle()"
+        return loop.time()
 
     async def _serve(
         self, request: web.BaseRequest, runtime: Runtime, raw: str, rid: str, rec: AccessRecord
@@ -216,7 +227,7 @@ class Relay:
         host_header = client_host if route.preserve_host else None
         path_qs = route.upstream_path(raw)
 
-        upstream_resp: aiohttp.ClientResponse | None = None
+        upstream_resp: H1Response | None = None
         plan: BodyPlan | None = None
         response: web.StreamResponse | None = None
         done = False
@@ -224,13 +235,14 @@ class Relay:
             upstream_resp, target = await upstream.send(
                 request.method, path_qs, headers, body, host_header, body_state
             )
+            del headers  # sent: not kept for the life of the stream
             rec.target = target.origin
             try:
                 response, plan = self._response_head(request, route, upstream_resp, rid)
                 rec.response = response
                 rec.status = response.status
                 await response.prepare(request)
-                rec.ttfb = asyncio.get_running_loop().time()
+                rec.ttfb = self._now()
                 if not _has_body(request.method, upstream_resp.status):
                     await response.write_eof()
                     done = True
@@ -299,7 +311,7 @@ class Relay:
         self,
         request: web.BaseRequest,
         route: Route,
-        upstream_resp: aiohttp.ClientResponse,
+        upstream_resp: H1Response,
         rid: str,
     ) -> tuple[web.StreamResponse, BodyPlan | None]:
         if upstream_resp.status < 200:
@@ -308,7 +320,8 @@ class Relay:
             raise UpstreamUnavailable(
                 f"upstream sent an unusable final status {upstream_resp.status}"
             )
-        headers = end_to_end(upstream_resp.headers)
+        upstream_headers = upstream_resp.take_headers()
+        headers = end_to_end(upstream_headers)
         for value in headers.values():
             if undecodable(value):
                 # aiohttp's writer would drop the undecodable bytes: refuse, don't alter.
@@ -316,7 +329,7 @@ class Relay:
         headers[X_REQUEST_ID] = rid
         plan = None
         if route.chains.response and _has_body(request.method, upstream_resp.status):
-            ctx = self._context(route, rid, "response", upstream_resp.headers)
+            ctx = self._context(route, rid, "response", upstream_headers)
             try:
                 plan = plan_body(
                     route.chains.response, headers, request.headers.get("Accept-Encoding"), ctx
@@ -330,8 +343,7 @@ class Relay:
             headers["X-Accel-Buffering"] = "no"
         # When the body's first bytes are already here and go out untransformed, the head can
         # leave in the same write as them: one system call less, and no later for the client.
-        content = upstream_resp.content
-        ready = plan is None and (content.total_bytes > 0 or content.is_eof())
+        ready = plan is None and upstream_resp.ready
         response = (_HeadWithBody if ready else web.StreamResponse)(
             status=upstream_resp.status, reason=upstream_resp.reason, headers=headers
         )
@@ -339,7 +351,7 @@ class Relay:
 
     async def _relay_body(
         self,
-        upstream_resp: aiohttp.ClientResponse,
+        upstream_resp: H1Response,
         response: web.StreamResponse,
         plan: BodyPlan | None,
         rec: AccessRecord,
@@ -348,11 +360,11 @@ class Relay:
         sent = 0
         try:
             if plan is None:
-                read = upstream_resp.content.readany
+                read = upstream_resp.read
                 while True:
                     try:
                         chunk = await read()
-                    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    except H1Error as exc:
                         raise read_failure(exc) from exc
                     if not chunk:
                         break

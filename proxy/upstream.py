@@ -1,15 +1,16 @@
-"""Upstreams: one pooled ``ClientSession`` each, target choice, passive health, retries.
+"""Upstreams: one connection pool each, target choice, passive health, retries.
 
-This is the one boundary where aiohttp and asyncio exceptions become :mod:`proxy.errors`.
+This is the one boundary where client exceptions (:mod:`proxy.h1client`'s, and aiohttp's for
+WebSocket handshakes and health checks) become :mod:`proxy.errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -23,45 +24,23 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .h1client import (
+    ConnectError,
+    ConnectTimeout,
+    Disconnected,
+    H1Error,
+    H1Response,
+    HeadTimeout,
+    InvalidResponse,
+    StaleConnection,
+    TLSError,
+)
+from .h1pool import Endpoint, H1Pool
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-# Headers aiohttp's client would otherwise add on its own.
-SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept-Encoding", "Content-Type", "Accept"})
-
-
-class ForwardRequest(aiohttp.ClientRequest):
-    """aiohttp's client request, adding none of a client's default headers.
-
-    A proxy forwards the client's headers as they are: no ``User-Agent``, ``Accept`` or
-    ``Accept-Encoding`` of aiohttp's own. Equivalent to ``skip_auto_headers`` for those
-    headers, without rebuilding the skip list for every request.
-    """
-
-    _SKIP: CIMultiDict[None] = CIMultiDict((h, None) for h in sorted(SKIP_AUTO_HEADERS))
-
-    def update_auto_headers(self, skip_auto_headers: Any) -> None:
-        self._skip_auto_headers = self._SKIP
-
-
-class PoolConnector(aiohttp.TCPConnector):
-    """A connection pool that never reuses a connection holding unread data.
-
-    An upstream may send bytes on a connection after its response ended (a body longer than its
-    Content-Length, an unsolicited response on an idle keep-alive connection). aiohttp keeps such
-    bytes and would serve them as the answer to the next request on that connection, perhaps
-    another client's (response desync). Such a connection is closed instead of reused. The hook
-    is aiohttp's ``_get`` (its pool look-up); without it this class changes nothing.
-    """
-
-    async def _get(self, key: Any, traces: list[Any]) -> Any:
-        while True:
-            conn = await super()._get(key, traces)
-            if conn is None:
-                return None
-            proto = conn.protocol
-            if proto is None or not proto.should_close:
-                return conn
-            conn.close()
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f]")
+# Methods whose requests carry no body by convention: no "Content-Length: 0" when they have none.
+BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class Target:
@@ -69,9 +48,11 @@ class Target:
 
     __slots__ = (
         "down_until",
+        "endpoint",
         "fails",
         "healthy",
         "host",
+        "host_header",
         "origin",
         "outstanding",
         "port",
@@ -79,12 +60,18 @@ class Target:
         "scheme",
     )
 
-    def __init__(self, origin: str) -> None:
+    def __init__(self, origin: str, ssl_ctx: ssl.SSLContext | None = None) -> None:
         self.origin = origin
         url = URL(origin)
         self.scheme = url.scheme
         self.host = url.raw_host or ""
         self.port = url.port
+        tls = url.scheme == "https"
+        port = url.port or (443 if tls else 80)
+        self.endpoint = Endpoint(self.host, port, ssl_ctx if tls else None)
+        # The Host header a client of this origin sends: the port only when not the default.
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = host if url.is_default_port() else f"{host}:{port}"
         self.outstanding = 0
         self.fails = 0
         self.down_until = 0.0
@@ -112,44 +99,48 @@ class Upstream:
     def __init__(self, name: str, config: UpstreamConfig) -> None:
         self.name = name
         self.config = config
-        self.targets = [Target(t) for t in config.targets]
-        self._next = 0
-        self.session: aiohttp.ClientSession | None = None
-        self.on_target_error: Callable[[Upstream, Target, str], None] | None = None
-        self.timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=config.connect_timeout or None,
-            sock_read=config.read_timeout or None,
+        ssl_ctx = (
+            _ssl_context(config) if any(o.startswith("https:") for o in config.targets) else None
         )
+        self.targets = [Target(t, ssl_ctx) for t in config.targets]
+        self._next = 0
+        self.pool = H1Pool(config.connect_timeout, config.read_timeout)
+        self._ssl = ssl_ctx
+        # aiohttp's client, made on first use: WebSocket handshakes and active health checks.
+        self._session: aiohttp.ClientSession | None = None
+        self.on_target_error: Callable[[Upstream, Target, str], None] | None = None
         self._health_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        ssl_ctx: ssl.SSLContext | bool
-        if self.config.tls.verify:
-            ssl_ctx = ssl.create_default_context(cafile=self.config.tls.ca_file)
-        else:
-            ssl_ctx = False
-        connector = PoolConnector(
-            limit=0, limit_per_host=0, ssl=ssl_ctx, keepalive_timeout=30, force_close=False
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            timeout=self.timeout,
-            request_class=ForwardRequest,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            read_bufsize=2**16,
-        )
         if self.config.health is not None:
             self._health_task = asyncio.create_task(self._health_loop())
+
+    def client_session(self) -> aiohttp.ClientSession:
+        """The aiohttp client of this upstream (WebSocket handshakes, health checks)."""
+        if self._session is None:
+            config = self.config
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=0, limit_per_host=0, ssl=self._ssl or False, keepalive_timeout=30
+                ),
+                auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=config.connect_timeout or None,
+                    sock_read=config.read_timeout or None,
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        return self._session
 
     async def close(self) -> None:
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
-        if self.session is not None:
-            await self.session.close()
+        self.pool.close()
+        if self._session is not None:
+            await self._session.close()
 
     # -- target choice ---------------------------------------------------------------------
 
@@ -187,7 +178,7 @@ class Upstream:
         body: AsyncIterable[bytes] | None,
         host_header: str | None,
         body_state: BodyState,
-    ) -> tuple[aiohttp.ClientResponse, Target]:
+    ) -> tuple[H1Response, Target]:
         """Send the request to a target and return once its response headers arrived.
 
         Retries on another target when nothing of the request was sent (any method), or when
@@ -195,36 +186,68 @@ class Upstream:
         (an idempotent method). Never when the body stream was read from: it cannot be replayed.
         A client's body fault (413, a broken upload) is not held against the target.
         """
-        assert self.session is not None
+        # The head is built once: the request line and Host (first, per target), the headers in
+        # their order and repeats, then the body's framing.
+        headers.popall("Host", None)
+        fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        lines = len(headers) + 3  # with the request line, Host and the empty line
+        chunked = False
+        if body is not None:
+            if "Content-Length" not in headers:
+                chunked = True
+                fields += "Transfer-Encoding: chunked\r\n"
+                lines += 1
+        elif method not in BODYLESS and "Content-Length" not in headers:
+            fields += "Content-Length: 0\r\n"
+            lines += 1
+        line = f"{method} {path_qs} HTTP/1.1\r\nHost: "
         tried: set[Target] = set()
         attempts = 1 + self.config.retries
         last: ProxyError | None = None
+        pool = self.pool
+        head_only = method == "HEAD"
         for _ in range(attempts):
             try:
                 target = self.pick(tried)
             except UpstreamUnavailable:
                 break
             tried.add(target)
-            if host_header is None:
-                headers.popall("Host", None)
-            else:
-                headers["Host"] = host_header
-            url = target.url(path_qs)
+            text = f"{line}{host_header or target.host_header}\r\n{fields}\r\n"
+            # As aiohttp's writers: no control character but HTAB in the request line or a
+            # header (CR and LF only as the line ends).
+            if (
+                text.count("\n") != lines
+                or text.count("\r") != lines
+                or _CONTROL.search(text) is not None
+            ):
+                raise ValueError("a control character in the request line or a header")
+            head = text.encode("utf-8", "surrogateescape")
             target.outstanding += 1
             target.requests += 1
             try:
-                resp = await self.session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=None if body is None else _Watched(body, body_state),
-                    allow_redirects=False,
-                    compress=None,
-                    chunked=None,
-                    expect100=False,
-                    auto_decompress=False,
-                    read_until_eof=True,
-                )
+                try:
+                    resp = await pool.request(
+                        target,
+                        target.endpoint,
+                        head,
+                        None if body is None else _Watched(body, body_state),
+                        chunked,
+                        head_only,
+                    )
+                except StaleConnection:
+                    # A kept-alive connection closed by the upstream as it was reused: once
+                    # more on a new one, when nothing of the request can have been acted on.
+                    if method not in IDEMPOTENT or body_state.started:
+                        raise
+                    resp = await pool.request(
+                        target,
+                        target.endpoint,
+                        head,
+                        None if body is None else _Watched(body, body_state),
+                        chunked,
+                        head_only,
+                        fresh=True,
+                    )
             except BaseException as exc:
                 target.outstanding -= 1
                 if isinstance(exc, asyncio.CancelledError):
@@ -250,32 +273,49 @@ class Upstream:
     ) -> tuple[ProxyError | None, bool]:
         """(the proxy error for ``exc``, whether another target may be tried)."""
         repeatable = method in IDEMPOTENT and not body_state.started
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return UpstreamTimeout(f"connecting to upstream {self.name!r} timed out"), True
-        if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
-            return (
-                UpstreamTimeout(f"upstream {self.name!r} sent no response headers in time"),
-                False,
-            )
+        name = self.name
         # The detail a client sees names what failed, never what the upstream sent: aiohttp's
         # exception texts can carry the upstream's partial response.
+        if isinstance(exc, H1Error):
+            if isinstance(exc, ConnectTimeout):
+                return UpstreamTimeout(f"connecting to upstream {name!r} timed out"), True
+            if isinstance(exc, HeadTimeout):
+                return UpstreamTimeout(f"upstream {name!r} sent no response headers in time"), False
+            if isinstance(exc, TLSError):
+                return UpstreamUnavailable(
+                    f"upstream {name!r} failed the TLS handshake (certificate not trusted?)"
+                ), True
+            if isinstance(exc, ConnectError):
+                return UpstreamUnavailable(f"upstream {name!r} is unreachable: {exc.reason}"), True
+            if isinstance(exc, Disconnected):
+                return (
+                    UpstreamUnavailable(f"upstream {name!r} closed the connection early"),
+                    repeatable,
+                )
+            if isinstance(exc, InvalidResponse):
+                return UpstreamUnavailable(f"upstream {name!r} sent an invalid response"), False
+            return UpstreamUnavailable(f"upstream {name!r} failed ({type(exc).__name__})"), False
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return UpstreamTimeout(f"connecting to upstream {name!r} timed out"), True
+        if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+            return UpstreamTimeout(f"upstream {name!r} sent no response headers in time"), False
         if isinstance(exc, aiohttp.ClientSSLError):
             return UpstreamUnavailable(
-                f"upstream {self.name!r} failed the TLS handshake (certificate not trusted?)"
+                f"upstream {name!r} failed the TLS handshake (certificate not trusted?)"
             ), True
         if isinstance(exc, aiohttp.ClientConnectorError):
             reason = exc.os_error.strerror or type(exc.os_error).__name__
-            return UpstreamUnavailable(f"upstream {self.name!r} is unreachable: {reason}"), True
+            return UpstreamUnavailable(f"upstream {name!r} is unreachable: {reason}"), True
         if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
             return (
-                UpstreamUnavailable(f"upstream {self.name!r} closed the connection early"),
+                UpstreamUnavailable(f"upstream {name!r} closed the connection early"),
                 repeatable,
             )
         if isinstance(exc, aiohttp.ClientResponseError):
-            return UpstreamUnavailable(f"upstream {self.name!r} sent an invalid response"), False
+            return UpstreamUnavailable(f"upstream {name!r} sent an invalid response"), False
         if isinstance(exc, aiohttp.ClientError | OSError):
             return UpstreamUnavailable(
-                f"upstream {self.name!r} failed ({type(exc).__name__})"
+                f"upstream {name!r} failed ({type(exc).__name__})"
             ), repeatable
         return None, False
 
@@ -283,12 +323,13 @@ class Upstream:
 
     async def _health_loop(self) -> None:
         health = self.config.health
-        assert health is not None and self.session is not None
+        assert health is not None
+        session = self.client_session()
         timeout = aiohttp.ClientTimeout(total=health.timeout)
         while True:
             for target in self.targets:
                 try:
-                    async with self.session.get(
+                    async with session.get(
                         target.origin + health.path, timeout=timeout, allow_redirects=False
                     ) as resp:
                         await resp.read()
@@ -315,7 +356,7 @@ class BodyState:
 
 
 class _Watched:
-    """``body`` as handed to aiohttp for one attempt, marking ``state.started`` on first use.
+    """``body`` as handed to the connection for one attempt, marking ``state.started`` on first use.
 
     A fresh wrapper per attempt around the same stream: an attempt that failed before reading
     (connection refused, connect timeout) leaves the stream untouched for the next target.
@@ -349,3 +390,14 @@ async def limited_body(
     except (aiohttp.ClientPayloadError, ConnectionError) as exc:
         state.error = ClientAbort(f"the client's request body broke off: {exc}")
         raise state.error from exc
+
+
+def _ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
+    """The TLS context for an upstream's https targets: verified against ``tls.ca_file`` (or
+    the system store) unless ``tls.verify`` is off."""
+    if config.tls.verify:
+        return ssl.create_default_context(cafile=config.tls.ca_file)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx

@@ -114,7 +114,7 @@ async def _connect(
     upstream: Upstream, path_qs: str, headers: CIMultiDict[str], protocols: list[str]
 ) -> tuple[aiohttp.ClientWebSocketResponse, Target]:
     """The upstream leg, on the first target that takes it (``outstanding`` counted up)."""
-    assert upstream.session is not None
+    session = upstream.client_session()
     tried: set[Target] = set()
     last: ProxyError | None = None
     for _ in range(1 + upstream.config.retries):
@@ -127,7 +127,7 @@ async def _connect(
         target.outstanding += 1
         target.requests += 1
         try:
-            ws = await upstream.session.ws_connect(
+            ws = await session.ws_connect(
                 url,
                 headers=headers,
                 protocols=protocols,

@@ -26,8 +26,9 @@ BLOCK = 64 * 1024
 # sizes each socket's buffers itself (net.ipv4.tcp_wmem/tcp_rmem: up to 4 MiB to send and
 # several MiB to receive here), and there are two sockets on the way: upstream -> proxy
 # (upstream's send buffer + proxy's receive buffer) and proxy -> client (proxy's send buffer;
-# the client's receive buffer is pinned small). The proxy itself holds at most about two read
-# buffers (2 x 64 KiB) and its write buffer's high-water mark (64 KiB) per stream. Measured here:
+# the client's receive buffer is pinned small). The proxy itself holds at most its response
+# buffer (64 KiB, plus the one socket read that passed it) and its write buffer's high-water
+# mark (64 KiB) per stream. Measured here:
 # about 4-7 MiB in flight. Without backpressure the proxy would read at the upstream's pace,
 # hundreds of MiB/s, and the gap would pass the bound within a fraction of a second.
 BOUND = 16 * MiB

@@ -13,6 +13,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -425,16 +426,21 @@ async def test_a_closed_connection_is_retried_for_get_but_not_for_post(
 
 async def body_writer_waiting() -> None:
     """Wait (bounded) until the proxy's upstream request is waiting for its body's first chunk:
-    aiohttp's body writer task has started and is suspended inside the body iterator."""
+    its body writer (``H1Connection.send_body``) is suspended inside the body iterator, not on
+    the socket's write buffer."""
     async with asyncio.timeout(5):
         while True:
             for task in asyncio.all_tasks():
-                coro = task.get_coro()
-                if (
-                    getattr(coro, "__qualname__", "") == "ClientRequest.write_bytes"
-                    and inspect.getcoroutinestate(coro) == inspect.CORO_SUSPENDED  # type: ignore[arg-type]
-                ):
-                    return
+                coro: Any = task.get_coro()
+                while coro is not None:
+                    if (
+                        getattr(coro, "__qualname__", "") == "H1Connection.send_body"
+                        and inspect.getcoroutinestate(coro) == inspect.CORO_SUSPENDED
+                        and not isinstance(coro.cr_await, asyncio.Future)
+                        and getattr(coro.cr_await, "__qualname__", "") != "H1Connection.drain"
+                    ):
+                        return
+                    coro = getattr(coro, "cr_await", None)
             await asyncio.sleep(0.005)
 
 

@@ -11,7 +11,6 @@ import asyncio
 import os
 import socket
 import time
-from typing import Any
 
 from aiohttp import web
 
@@ -36,13 +35,8 @@ def open_fds() -> int:
 
 
 def pool_counts(proxy: Proxy) -> tuple[int, int]:
-    """(connections in use, idle connections kept) of the upstream's connector."""
-    session = proxy.server.runtime.upstreams["up"].session
-    assert session is not None
-    connector: Any = session.connector
-    in_use = len(connector._acquired)
-    idle = sum(len(conns) for conns in connector._conns.values())
-    return in_use, idle
+    """(connections in use, idle connections kept) of the upstream's connection pool."""
+    return proxy.server.runtime.upstreams["up"].pool.counts()
 
 
 def state(proxy: Proxy) -> dict[str, int]:

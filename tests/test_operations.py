@@ -238,12 +238,12 @@ routes:
             )
             assert await server.reload()
             assert server.runtime.upstreams["kept"] is kept  # same settings: same pool
-            assert not removed.session.closed  # still serving the stream in flight
+            assert not removed.pool.closed  # still serving the stream in flight
             release.set()
             assert await r.content.read() == b"end\n"
             r.release()
             await asyncio.wait_for(old.closed(), 5)
-            assert removed.session.closed
-            assert not kept.session.closed
+            assert removed.pool.closed
+            assert not kept.pool.closed
     finally:
         await server.stop()
