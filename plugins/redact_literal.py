@@ -101,18 +101,19 @@ class LiteralStage:
             data = self._held + data
         needle = self._needle
         n, k = len(data), len(needle)
-        parts: list[bytes] = []
+        view = memoryview(data)  # the pieces are joined straight from the input, uncopied
+        parts: list[memoryview] = []
         pos = 0
         starts = None if self._finder is None else self._finder.starts(data)
         if starts is not None:
             for i in starts:  # leftmost first, skipping those overlapping the one taken
                 if i >= pos:
-                    parts.append(data[pos:i])
+                    parts.append(view[pos:i])
                     pos = i + k
         else:
             i = data.find(needle)
             while i >= 0:
-                parts.append(data[pos:i])
+                parts.append(view[pos:i])
                 pos = i + k
                 i = data.find(needle, pos)
         # hold the longest tail after the last match that the pattern may still continue
@@ -130,7 +131,7 @@ class LiteralStage:
         if not parts:
             return data if j == n else data[:j]
         self.redactions += len(parts)
-        parts.append(data[pos:j])
+        parts.append(view[pos:j])
         return self._replacement.join(parts)
 
     def flush(self, data: bytes = b"") -> bytes:
