@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import load
 import textgen
 from peers import BOTH_CPUS, LOAD_CPU, Peer
-from procs import http_get
+from procs import http_get, pinned
 from procstat import CpuMeter, rss_kib, tree
 
 MiB = 1024**2
@@ -243,8 +248,32 @@ def _reference(kind: str) -> bytes:
 M5_LIMIT = 90.0  # seconds for the 64 MiB body; a slower peer is measured on what came through
 
 
+def _curl(url: str, limit: float, keep: bool) -> load.Download:
+    """GET ``url`` with curl: C, so that the peer is what is measured, not the client."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.NamedTemporaryFile(dir=shm, prefix="m5-") as f:
+        argv = ["curl", "-s", "-o", f.name if keep else "/dev/null", "--max-time", str(limit)]
+        argv += ["-w", "%{http_code} %{time_total} %{size_download}"]
+        r = subprocess.run(
+            pinned([*argv, url], LOAD_CPU), capture_output=True, timeout=limit + 20, check=False
+        )
+        code, secs, size = r.stdout.decode().split()
+        if code != "200" and r.returncode != 28:
+            raise RuntimeError(f"GET {url}: status {code}, curl exit {r.returncode}")
+        body = Path(f.name).read_bytes() if keep else b""
+    return load.Download(int(size), float(secs), body, r.returncode == 0)
+
+
 def _fetch_text(peer: Peer, route: str, warm: bool) -> load.Download:
+    """The speed of one download to /dev/null, the body of a second one (writing 64 MiB to a
+    file costs the client's core more than some peers do)."""
     url = f"{peer.url}/{route}/text?size={TEXT_SIZE}"
+    if shutil.which("curl"):
+        if warm:  # caches, not counted
+            _curl(f"{peer.url}/{route}/text?size={4 * MiB}", 20, keep=False)
+        timed = _curl(url, M5_LIMIT, keep=False)
+        kept = _curl(url, M5_LIMIT, keep=True)
+        return load.Download(timed.nbytes, timed.secs, kept.body, timed.complete and kept.complete)
 
     async def go() -> load.Download:
         async with load.session(read_bufsize=2**20) as s:
