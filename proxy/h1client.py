@@ -3,7 +3,9 @@
 One :class:`H1Connection` per upstream socket, one request at a time on it. The request head is
 written as one pre-built string; the response is parsed by llhttp (``httptools``) into one small
 :class:`H1Response` whose body chunks wait in a bounded buffer: past :data:`HIGH_WATER` bytes
-the socket stops being read until the consumer takes them.
+the socket stops being read until the consumer takes them. Once llhttp has read the head of a
+response framed by one ``Content-Length``, later reads of its body are counted off as they
+are, without passing through the parser (which would copy each into a new bytes object).
 
 Failures are the exceptions below, each with a fixed text: what an upstream sent never reaches
 an error message. :mod:`proxy.h1pool` keeps idle connections; :mod:`proxy.upstream` turns these
@@ -205,7 +207,9 @@ class H1Connection(asyncio.Protocol):
         "_drain",
         "_head_bytes",
         "_interim",
+        "_keep",
         "_last",
+        "_left",
         "_parser",
         "_reason",
         "_resp",
@@ -239,6 +243,8 @@ class H1Connection(asyncio.Protocol):
         self._reason = b""
         self._head_bytes = 0
         self._interim = False
+        self._left = -1  # body bytes still due by Content-Length once the parser stepped aside
+        self._keep = False
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timing = False
@@ -252,6 +258,7 @@ class H1Connection(asyncio.Protocol):
         self._reason = b""
         self._head_bytes = 0
         self._interim = False
+        self._left = -1
         return resp
 
     def write(self, data: bytes) -> None:
@@ -408,6 +415,9 @@ class H1Connection(asyncio.Protocol):
             return
         if self._timing:
             self._last = self.loop.time()
+        if self._left > 0 and resp.state == BODY:
+            self._counted_body(resp, data)
+            return
         first = self._head_bytes == 0  # no earlier bytes of this response
         try:
             self._parser.feed_data(data)
@@ -473,16 +483,45 @@ class H1Connection(asyncio.Protocol):
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)  # a request body still being sent is cut short
-        if status != 204 and status != 304 and "Content-Length" not in resp.headers:
-            codings = resp.headers.getall("Transfer-Encoding", ())
-            resp.close_delimited = not codings or (
-                codings[-1].rsplit(",", 1)[-1].strip().lower() != "chunked"
-            )
+        if status != 204 and status != 304:
+            length = resp.headers.getall("Content-Length", ())
+            if not length:
+                codings = resp.headers.getall("Transfer-Encoding", ())
+                resp.close_delimited = not codings or (
+                    codings[-1].rsplit(",", 1)[-1].strip().lower() != "chunked"
+                )
+            elif len(length) == 1 and "Transfer-Encoding" not in resp.headers:
+                # One Content-Length (llhttp checked its digits): the bytes after the ones
+                # in this read are counted off without the parser (see _counted_body).
+                self._left = int(length[0])
+                self._keep = self._parser.should_keep_alive()
         resp._wake()
+
+    def _counted_body(self, resp: H1Response, data: bytes) -> None:
+        """Body bytes of a Content-Length response, taken as they are: llhttp would copy
+        each read into a new bytes object for on_body."""
+        left = self._left
+        if len(data) > left:  # bytes past the response's end: never reused
+            data = data[:left]
+            self.spoiled = True
+        self._left = left = left - len(data)
+        self._deliver(resp, data)
+        if left == 0:
+            # The parser saw only the start of this body: a fresh one for the next response.
+            self._parser = httptools.HttpResponseParser(self)
+            resp.state = DONE
+            resp.keep_alive = self._keep
+            self._timing = False
+            resp._wake()
 
     def on_body(self, body: bytes) -> None:
         resp = self._resp
         assert resp is not None
+        if self._left > 0:
+            self._left -= len(body)
+        self._deliver(resp, body)
+
+    def _deliver(self, resp: H1Response, body: bytes) -> None:
         resp._chunks.append(body)
         resp._buffered += len(body)
         if resp._buffered > HIGH_WATER and not self.paused:

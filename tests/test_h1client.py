@@ -435,3 +435,74 @@ async def test_the_body_framing_of_a_request_is_declared() -> None:
         finally:
             await target.close()
     assert up.connections == 1
+
+
+def in_pieces(pieces: list[bytes], then: bytes, sent: list[asyncio.Event]) -> Reply:
+    """On the first connection, a response in ``pieces``, each written once the test has read
+    the one before (so each is a read of its own); then ``then`` to every request."""
+
+    async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if up.connections == 1:
+            await up.read_head(reader)
+            for piece, event in zip(pieces, sent, strict=True):
+                await event.wait()
+                w.write(piece)
+                await w.drain()
+        await up.read_head(reader)
+        w.write(then)
+        await w.drain()
+        await reader.read()
+
+    return reply
+
+
+@pytest.mark.parametrize("surplus", [b"", b"HTTP/1.1 200 OK\r\n"], ids=["exact", "surplus"])
+async def test_a_content_length_body_over_several_reads(surplus: bytes) -> None:
+    """Body bytes after the head's read are counted off by Content-Length, uncopied: the body is
+    exact, the connection is reused only when nothing followed it, and the next response on it
+    is parsed from a clean state."""
+    body = [b"a" * 1000, b"b" * 3000, b"c" * 24]
+    pieces = [b"HTTP/1.1 200 OK\r\nContent-Length: 4034\r\n\r\n0123456789", *body]
+    pieces[-1] += surplus
+    sent = [asyncio.Event() for _ in pieces]
+    async with upstream(in_pieces(pieces, OK, sent)) as up:
+        pool = H1Pool(5.0, 5.0)
+        sent[0].set()
+        resp = await get(pool, up)
+        got = [await resp.read()]
+        for event in sent[1:]:
+            event.set()
+            got.append(await resp.read())
+        assert got == [b"0123456789", *body]
+        assert await resp.read() == b""
+        resp.release()
+        if surplus:
+            await idle_settled(pool, (0, 0))  # bytes past the body's end: closed
+        second = await get(pool, up)
+        assert (second.status, await body_of(second)) == (200, b"hello")
+        second.release()
+        assert up.connections == (2 if surplus else 1)
+        pool.close()
+
+
+async def test_a_content_length_body_cut_short_over_several_reads_is_incomplete() -> None:
+    async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await up.read_head(reader)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst")
+        await w.drain()
+        await sent.wait()
+        w.write(b"second")
+        await w.drain()
+        w.close()  # 11 of 100 bytes
+
+    sent = asyncio.Event()
+    async with upstream(reply) as up:
+        pool = H1Pool(5.0, 5.0)
+        resp = await get(pool, up)
+        assert await resp.read() == b"first"
+        sent.set()
+        assert await resp.read() == b"second"
+        with pytest.raises(BodyIncomplete):
+            await resp.read()
+        resp.close()
+        pool.close()
