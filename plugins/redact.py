@@ -43,8 +43,8 @@ whole chunk keeps its leading part unchanged (the longest prefix that looks at m
 ahead, e.g. ``password=``) and its next node too if it is a repeated single character test
 (``\S+``), with Σ added to the class; only positions within that many characters of the end are
 then checked with the fully rewritten pattern. The common path (no match near the end of the
-chunk) is one ``re`` search over the chunk and one over its last few characters. In ASCII text,
-that search is replaced by a Hyperscan scan for where the leading part may match
+chunk) is one ``re`` search over the chunk and one over its last few characters. That search is
+replaced by a Hyperscan scan for where the leading part may match
 (:mod:`plugins.redact_prefilter`), and ``re`` only matches there: patterns without a literal
 prefix (``\b\d{4}-…``, ``(?i)token=``) no longer make ``re`` try every position.
 

@@ -1,4 +1,4 @@
-"""A Hyperscan prefilter for ``redact``: where in ASCII text a pattern's match may start.
+"""A Hyperscan prefilter for ``redact``: where in a text a pattern's match may start.
 
 Python's ``re`` tries a pattern at every position of the text unless the pattern begins with a
 literal; ``\\b\\d{4}-\\d{4}`` or ``(?i)authorization:`` then scan at well under 100 MB/s. The
@@ -6,21 +6,26 @@ prefilter runs a *superset* of the pattern's leading part (its ``head``: the fir
 read at most a few dozen characters) in Hyperscan, at gigabytes per second, and ``re`` is only
 asked to match at the positions it reports.
 
-The superset is built from ``re``'s own parse tree, over ASCII only:
+The superset is built from ``re``'s own parse tree:
 
 * every character test (literal, class, ``.``, ``\\w``...) becomes the set of ASCII characters
   that ``re`` itself says it matches under the flags in force there (so case folding, ``(?a)``,
-  ``(?s)`` are ``re``'s, not Hyperscan's);
+  ``(?s)`` are ``re``'s, not Hyperscan's), plus, in the form for text that is not pure ASCII,
+  any one UTF-8 encoded character outside ASCII when the test may match one (erring on yes:
+  ``k`` under ``(?i)`` matches the Kelvin sign);
 * zero-width tests (``\\b``, ``^``, ``$``, lookarounds) are dropped, atomic groups and possessive
   repeats become plain ones, a conditional becomes an alternation: each only widens the set of
   matched strings.
 
-So wherever ``re`` matches the head at ``q`` in ASCII text, reading ``text[q:e]``, Hyperscan
-reports a match ending at ``e`` that starts at or before ``q`` (its leftmost start). With the
-head's minimum width ``w``, every start ``re`` could take lies in some reported ``[from, e - w]``.
-Text that is not pure ASCII is not prefiltered (``re`` scans it as before); nor are heads that
-may match the empty string, hold a backreference, or that Hyperscan cannot compile. Hyperscan is
-an optional dependency: without it (platforms with no wheel) nothing is prefiltered.
+So wherever ``re`` matches the head at ``q``, reading ``text[q:e]``, Hyperscan reports a match
+ending at ``e`` that starts at or before ``q`` (its leftmost start). With the head's minimum
+width ``w`` (in characters, so also a bound in bytes), every start ``re`` could take lies in
+some reported ``[from, e - w]``. Pure ASCII text is scanned as it is; other text is encoded as
+UTF-8 (``surrogatepass``, so the undecodable bytes kept as surrogates are characters too) and
+the byte offsets found are turned back into character positions. Heads that may match the empty
+string, hold a backreference, or that Hyperscan cannot compile are not prefiltered, nor is a
+text where the candidates pass :data:`MAX_HITS`. Hyperscan is an optional dependency: without it
+(platforms with no wheel) nothing is prefiltered.
 """
 
 from __future__ import annotations
@@ -75,9 +80,36 @@ def _class(chars: frozenset[int]) -> str:
     return "[" + "".join(ranges) + "]"
 
 
+# Any one character outside ASCII, in UTF-8 (lone surrogates encoded with "surrogatepass"
+# included): a lead byte and its continuation bytes. A match never starts on a continuation byte.
+_NON_ASCII = "[\\xc0-\\xff][\\x80-\\xbf]{1,3}"
+
+
+def _may_match_non_ascii(op: Any, av: Any, flags: int) -> bool:
+    """Whether a character test may match some character outside ASCII (erring on yes)."""
+    if op is sre.LITERAL:
+        return av >= 128 or (bool(flags & re.IGNORECASE) and chr(av).lower() != chr(av).upper())
+    if op is not sre.IN:
+        return True  # NOT_LITERAL and ANY
+    for item, value in av:
+        if item is sre.LITERAL:
+            if _may_match_non_ascii(item, value, flags):
+                return True
+        elif item is sre.RANGE:
+            lo, hi = value
+            if hi >= 128 or (
+                flags & re.IGNORECASE and any(chr(c).isalpha() for c in range(lo, hi + 1))
+            ):
+                return True
+        else:  # NEGATE, CATEGORY
+            return True
+    return False
+
+
 class _Builder:
-    def __init__(self, atom_source: Callable[[Any, Any], str]) -> None:
+    def __init__(self, atom_source: Callable[[Any, Any], str], utf8: bool) -> None:
         self.atom_source = atom_source
+        self.utf8 = utf8  # text encoded as UTF-8, not only ASCII
 
     def seq(self, sub: Iterable[tuple[Any, Any]], flags: int) -> str:
         return "".join(self.node(op, av, flags) for op, av in sub)
@@ -85,6 +117,8 @@ class _Builder:
     def node(self, op: Any, av: Any, flags: int) -> str:
         if op in _ATOMS:
             chars = _ascii_set(self.atom_source(op, av), flags & ~re.VERBOSE)
+            if self.utf8 and _may_match_non_ascii(op, av, flags):
+                return f"(?:{_class(chars)}|{_NON_ASCII})" if chars else f"(?:{_NON_ASCII})"
             if not chars:
                 raise _Never
             return _class(chars)
@@ -129,45 +163,78 @@ def _collect(_id: int, start: int, end: int, _flags: int, hits: list[tuple[int, 
     return len(hits) > MAX_HITS  # True stops the scan
 
 
+def _database(source: str | None) -> Any:
+    if source is None:
+        return None
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(
+        expressions=[source.encode("ascii")], ids=[0], flags=[hyperscan.HS_FLAG_SOM_LEFTMOST]
+    )
+    return db
+
+
+def _scan(db: Any, data: bytes) -> list[tuple[int, int]] | None:
+    hits: list[tuple[int, int]] = []
+    try:
+        db.scan(data, match_event_handler=_collect, context=hits)
+    except hyperscan.ScanTerminated:  # _collect stopped it: too many candidates
+        return None
+    return hits
+
+
 class Prefilter:
-    """The possible match starts of one pattern's head in ASCII text."""
+    """The possible match starts of one pattern's head in a text.
 
-    __slots__ = ("_db", "min_width", "source")
+    Pure ASCII text is scanned as it is; other text as UTF-8 (``surrogatepass``), with the
+    byte offsets found turned back into character positions.
+    """
 
-    def __init__(self, source: str | None, min_width: int) -> None:
+    __slots__ = ("_ascii", "_utf8", "min_width", "source", "source_utf8")
+
+    def __init__(self, source: str | None, source_utf8: str | None, min_width: int) -> None:
         self.source = source  # None: the head matches no ASCII text
+        self.source_utf8 = source_utf8  # None: the head matches no text at all
         self.min_width = min_width
-        self._db: Any = None
-        if source is not None:
-            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-            db.compile(
-                expressions=[source.encode("ascii")],
-                ids=[0],
-                flags=[hyperscan.HS_FLAG_SOM_LEFTMOST],
-            )
-            self._db = db
+        self._ascii = _database(source)
+        self._utf8 = _database(source_utf8)
 
     def starts(self, text: str, begin: int, end: int) -> list[int] | None:
         """Every position in ``[begin, end)`` where a match of the head may start, ascending.
 
-        ``None`` when this text cannot be prefiltered (not ASCII, or too many candidates): then
-        every position is possible.
+        ``None`` when there are too many candidates to be worth it: then every position is
+        possible.
         """
-        if self._db is None:
-            return [] if text.isascii() or text[begin:end].isascii() else None
         segment = text[begin:end]
-        if not segment.isascii():
-            return None
-        hits: list[tuple[int, int]] = []
-        try:
-            self._db.scan(segment.encode("ascii"), match_event_handler=_collect, context=hits)
-        except hyperscan.ScanTerminated:  # _collect stopped it: too many candidates
-            return None
         w = self.min_width
-        positions: set[int] = set()
-        for start, stop in hits:
-            positions.update(range(begin + start, begin + stop - w + 1))
-        return sorted(positions)
+        if segment.isascii():
+            if self._ascii is None:
+                return []
+            hits = _scan(self._ascii, segment.encode("ascii"))
+            if hits is None:
+                return None
+            positions: set[int] = set()
+            for start, stop in hits:
+                positions.update(range(begin + start, begin + stop - w + 1))
+            return sorted(positions)
+        if self._utf8 is None:
+            return []
+        data = segment.encode("utf-8", "surrogatepass")
+        hits = _scan(self._utf8, data)
+        if hits is None:
+            return None
+        offsets: set[int] = set()
+        for start, stop in hits:  # a character is at least one byte: stop - w still bounds
+            offsets.update(range(start, stop - w + 1))
+        # byte offsets to character positions, counting the characters between them
+        found: list[int] = []
+        index = previous = 0
+        for offset in sorted(offsets):
+            if data[offset] & 0xC0 == 0x80:
+                continue  # inside a character: no match starts there
+            index += len(data[previous:offset].decode("utf-8", "surrogatepass"))
+            previous = offset
+            found.append(begin + index)
+        return found
 
 
 def build_prefilter(
@@ -179,13 +246,15 @@ def build_prefilter(
     """The prefilter of a head (``re`` parse-tree nodes), or None where none can be built."""
     if hyperscan is None or not head or min_width < 1:
         return None
+    sources: list[str | None] = []
+    for utf8 in (False, True):
+        try:
+            sources.append(_Builder(atom_source, utf8).seq(head, flags))
+        except _Never:
+            sources.append(None)
+        except (_Unfit, RecursionError):
+            return None
     try:
-        source: str | None = _Builder(atom_source).seq(head, flags)
-    except _Never:
-        source = None
-    except (_Unfit, RecursionError):
-        return None
-    try:
-        return Prefilter(source, min_width)
+        return Prefilter(sources[0], sources[1], min_width)
     except hyperscan.error:
         return None

@@ -82,11 +82,32 @@ def test_starts_cover_every_match(pattern, text):
     assert run(Redact(patterns=[pattern]), [body]) == redact_reference(body, [pattern])
 
 
-def test_a_head_matching_no_ascii_text_has_no_candidates():
+def test_a_head_matching_no_ascii_text_has_no_candidates_there():
     prefilter = _compile_spec("éx").prefilter
     assert prefilter is not None and prefilter.source is None
     assert prefilter.starts("abc", 0, 3) == []
-    assert prefilter.starts("aéx", 0, 3) is None  # not ASCII: re scans it
+    assert prefilter.starts("aéx éy", 0, 6) == [1]  # scanned as UTF-8: character positions
+
+
+NON_ASCII = ["é", "漢", "😀", "\u212a", "\u017f", "\udcff", "\u0661"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text"),
+    [
+        (r"\b\d{4}-\d{4}", "é 1234-5678 \u0661\u0662\u0663\u0664-1234 漢1234-5678"),
+        (r"(?i)ks", "\u212as \u212a\u017f ks 😀KS"),
+        (r"(?i)[j-l][r-t]x", "\u212a\u017fx ksx"),  # ranges fold to non-ASCII letters too
+        (r"\w\W\w", "é 漢\udcffa 😀a"),
+        (r"[^a]b", "漢b éb ab"),
+        (r".😀", "a😀 😀😀"),
+    ],
+)
+def test_starts_cover_every_match_in_utf8(pattern, text):
+    assert_sound(pattern, text)
+    body = text.encode("utf-8", "surrogateescape")
+    chunks = [body[i : i + 3] for i in range(0, len(body), 3)]
+    assert run(Redact(patterns=[pattern]), chunks) == redact_reference(body, [pattern])
 
 
 def test_unfit_heads_get_no_prefilter():
@@ -113,14 +134,15 @@ def test_dense_candidates_fall_back_to_re():
 @given(data=st.data())
 def test_starts_are_sound_for_random_patterns(data):
     pattern = draw_pattern(data, ["", "(?i)", "(?s)", "(?a)"])
-    text = data.draw(st.text(alphabet="aabbc \nA1-_K", max_size=40))
+    alphabet = "aabbc \nA1-_K" + data.draw(st.sampled_from(["", "".join(NON_ASCII)]))
+    text = data.draw(st.text(alphabet=alphabet, max_size=40))
     assert_sound(pattern, text)
 
 
 @examples(300)
 @given(data=st.data())
 def test_prefiltered_stream_equals_reference(data):
-    """ASCII bodies (the prefiltered path) with realistic patterns, any chunking."""
+    """Bodies (ASCII or not: both prefiltered paths) with realistic patterns, any chunking."""
     patterns = data.draw(st.lists(st.sampled_from(REALISTIC), min_size=1, max_size=4))
     pieces = [
         "password=hunter2",
@@ -137,8 +159,9 @@ def test_prefiltered_stream_equals_reference(data):
         "\n",
         "x",
         "ghp_",
+        *NON_ASCII,
     ]
     text = "".join(data.draw(st.lists(st.sampled_from(pieces), max_size=30)))
-    body = text.encode()
+    body = text.encode("utf-8", "surrogateescape")
     chunks = data.draw(chunkings(body))
     assert run(Redact(patterns=patterns), chunks) == redact_reference(body, patterns)
