@@ -41,7 +41,7 @@ try:
 except ImportError:  # pragma: no cover - platforms without a Hyperscan wheel
     hyperscan = None
 
-__all__ = ["Prefilter", "build_prefilter"]
+__all__ = ["Prefilter", "build_prefilter", "compile_database", "scan"]
 
 _ATOMS = (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN)
 _REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT)
@@ -163,17 +163,22 @@ def _collect(_id: int, start: int, end: int, _flags: int, hits: list[tuple[int, 
     return len(hits) > MAX_HITS  # True stops the scan
 
 
-def _database(source: str | None) -> Any:
-    if source is None:
-        return None
+def compile_database(source: str, start_of_match: bool = True) -> Any:
+    """A Hyperscan block-mode database of one pattern (``\\xHH`` escapes, bytes semantics);
+    ``start_of_match`` makes its reports carry the leftmost start, not only the end."""
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    db.compile(
-        expressions=[source.encode("ascii")], ids=[0], flags=[hyperscan.HS_FLAG_SOM_LEFTMOST]
-    )
+    flags = hyperscan.HS_FLAG_SOM_LEFTMOST if start_of_match else 0
+    db.compile(expressions=[source.encode("ascii")], ids=[0], flags=[flags])
     return db
 
 
-def _scan(db: Any, data: bytes) -> list[tuple[int, int]] | None:
+def _database(source: str | None) -> Any:
+    return None if source is None else compile_database(source)
+
+
+def scan(db: Any, data: bytes) -> list[tuple[int, int]] | None:
+    """Every (start, end) ``db`` reports in ``data``, in the order of their ends; None past
+    :data:`MAX_HITS` (too many to be worth it)."""
     hits: list[tuple[int, int]] = []
     try:
         db.scan(data, match_event_handler=_collect, context=hits)
@@ -209,7 +214,7 @@ class Prefilter:
         if segment.isascii():
             if self._ascii is None:
                 return []
-            hits = _scan(self._ascii, segment.encode("ascii"))
+            hits = scan(self._ascii, segment.encode("ascii"))
             if hits is None:
                 return None
             positions: set[int] = set()
@@ -219,7 +224,7 @@ class Prefilter:
         if self._utf8 is None:
             return []
         data = segment.encode("utf-8", "surrogatepass")
-        hits = _scan(self._utf8, data)
+        hits = scan(self._utf8, data)
         if hits is None:
             return None
         offsets: set[int] = set()
