@@ -107,6 +107,13 @@ async def get(pool: H1Pool, up: Upstream, head: bytes = GET, head_only: bool = F
     )
 
 
+async def get_hello(pool: H1Pool, up: Upstream) -> None:
+    """A GET answered by ``OK``, read to its end, its connection released."""
+    resp = await get(pool, up)
+    assert (resp.status, await body_of(resp)) == (200, b"hello")
+    resp.release()
+
+
 async def idle_settled(pool: H1Pool, counts: tuple[int, int]) -> None:
     async with asyncio.timeout(5):
         while pool.counts() != counts:  # noqa: ASYNC110 - the pool has no event to wait on
@@ -163,9 +170,7 @@ async def test_a_chunked_body_is_relayed_without_framing_or_trailers_and_the_con
         assert await body_of(resp) == b"hello world"
         assert "X-Trailer" not in resp.take_headers()
         resp.release()
-        resp = await get(pool, up)
-        assert await body_of(resp) == b"hello"
-        resp.release()
+        await get_hello(pool, up)
         pool.close()
     assert up.connections == 1
 
@@ -213,9 +218,7 @@ async def test_a_head_response_has_no_body_whatever_its_content_length_says() ->
             assert resp.status == 200 and resp.ready
             assert await resp.read() == b""
             resp.release()
-        resp = await get(pool, up)  # the same connection still frames responses right
-        assert await body_of(resp) == b"hello"
-        resp.release()
+        await get_hello(pool, up)  # the same connection still frames responses right
         pool.close()
     assert up.connections == 1
 
@@ -243,9 +246,7 @@ async def test_bytes_on_an_idle_connection_close_it() -> None:
 
     async with upstream(reply) as up:
         pool = H1Pool(5, 5)
-        resp = await get(pool, up)
-        assert await body_of(resp) == b"hello"
-        resp.release()
+        await get_hello(pool, up)
         assert pool.counts() == (0, 1)
         await idle_settled(pool, (0, 0))
         pool.close()
@@ -260,9 +261,7 @@ async def test_a_reused_connection_closed_by_the_upstream_is_reported_stale() ->
 
     async with upstream(reply) as up:
         pool = H1Pool(5, 5)
-        resp = await get(pool, up)
-        assert await body_of(resp) == b"hello"
-        resp.release()
+        await get_hello(pool, up)
         with pytest.raises(StaleConnection):
             await get(pool, up)
         # What the caller does then: the same request on a new connection.
@@ -339,9 +338,7 @@ async def test_idle_connections_are_closed_after_the_idle_timeout(
     monkeypatch.setattr(h1pool, "IDLE_TIMEOUT", 0.2)
     async with upstream(answering(OK, OK)) as up:
         pool = H1Pool(5, 5)
-        resp = await get(pool, up)
-        assert await body_of(resp) == b"hello"
-        resp.release()
+        await get_hello(pool, up)
         assert pool.counts() == (0, 1)
         await idle_settled(pool, (0, 0))
         pool.close()
