@@ -225,29 +225,23 @@ class Upstream:
             target.outstanding += 1
             target.requests += 1
             try:
-                try:
-                    resp = await pool.request(
-                        target,
-                        target.endpoint,
-                        head,
-                        None if body is None else _Watched(body, body_state),
-                        chunked,
-                        head_only,
-                    )
-                except StaleConnection:
-                    # A kept-alive connection closed by the upstream as it was reused: once
-                    # more on a new one, when nothing of the request can have been acted on.
-                    if method not in IDEMPOTENT or body_state.started:
-                        raise
-                    resp = await pool.request(
-                        target,
-                        target.endpoint,
-                        head,
-                        None if body is None else _Watched(body, body_state),
-                        chunked,
-                        head_only,
-                        fresh=True,
-                    )
+                for fresh in (False, True):
+                    try:
+                        resp = await pool.request(
+                            target,
+                            target.endpoint,
+                            head,
+                            None if body is None else _Watched(body, body_state),
+                            chunked,
+                            head_only,
+                            fresh=fresh,
+                        )
+                        break
+                    except StaleConnection:
+                        # A kept-alive connection closed by the upstream as it was reused: once
+                        # more on a new one, when nothing of the request can have been acted on.
+                        if fresh or method not in IDEMPOTENT or body_state.started:
+                            raise
             except BaseException as exc:
                 target.outstanding -= 1
                 if isinstance(exc, asyncio.CancelledError):
@@ -272,52 +266,14 @@ class Upstream:
         self, exc: BaseException, method: str, body_state: BodyState
     ) -> tuple[ProxyError | None, bool]:
         """(the proxy error for ``exc``, whether another target may be tried)."""
-        repeatable = method in IDEMPOTENT and not body_state.started
-        name = self.name
-        # The detail a client sees names what failed, never what the upstream sent: aiohttp's
-        # exception texts can carry the upstream's partial response.
-        if isinstance(exc, H1Error):
-            if isinstance(exc, ConnectTimeout):
-                return UpstreamTimeout(f"connecting to upstream {name!r} timed out"), True
-            if isinstance(exc, HeadTimeout):
-                return UpstreamTimeout(f"upstream {name!r} sent no response headers in time"), False
-            if isinstance(exc, TLSError):
-                return UpstreamUnavailable(
-                    f"upstream {name!r} failed the TLS handshake (certificate not trusted?)"
-                ), True
-            if isinstance(exc, ConnectError):
-                return UpstreamUnavailable(f"upstream {name!r} is unreachable: {exc.reason}"), True
-            if isinstance(exc, Disconnected):
-                return (
-                    UpstreamUnavailable(f"upstream {name!r} closed the connection early"),
-                    repeatable,
-                )
-            if isinstance(exc, InvalidResponse):
-                return UpstreamUnavailable(f"upstream {name!r} sent an invalid response"), False
-            return UpstreamUnavailable(f"upstream {name!r} failed ({type(exc).__name__})"), False
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return UpstreamTimeout(f"connecting to upstream {name!r} timed out"), True
-        if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
-            return UpstreamTimeout(f"upstream {name!r} sent no response headers in time"), False
-        if isinstance(exc, aiohttp.ClientSSLError):
-            return UpstreamUnavailable(
-                f"upstream {name!r} failed the TLS handshake (certificate not trusted?)"
-            ), True
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            reason = exc.os_error.strerror or type(exc.os_error).__name__
-            return UpstreamUnavailable(f"upstream {name!r} is unreachable: {reason}"), True
-        if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-            return (
-                UpstreamUnavailable(f"upstream {name!r} closed the connection early"),
-                repeatable,
-            )
-        if isinstance(exc, aiohttp.ClientResponseError):
-            return UpstreamUnavailable(f"upstream {name!r} sent an invalid response"), False
-        if isinstance(exc, aiohttp.ClientError | OSError):
-            return UpstreamUnavailable(
-                f"upstream {name!r} failed ({type(exc).__name__})"
-            ), repeatable
-        return None, False
+        failure = _failure(exc)
+        if failure is None:
+            return None, False
+        kind, detail = failure
+        error, template, retry = _FAILURES[kind]
+        if retry is None:  # the request may have reached the target
+            retry = method in IDEMPOTENT and not body_state.started
+        return error(template.format(name=self.name, detail=detail)), retry
 
     # -- active health -----------------------------------------------------------------------
 
@@ -337,6 +293,59 @@ class Upstream:
                 except (TimeoutError, aiohttp.ClientError, OSError):
                     target.healthy = False
             await asyncio.sleep(health.interval)
+
+
+# What a client is told for each kind of failure (naming what failed, never what the upstream
+# sent: exception texts can carry the upstream's partial response), and whether another target
+# may be tried (None: only if the request can be repeated).
+_FAILURES: dict[str, tuple[type[ProxyError], str, bool | None]] = {
+    "connect_timeout": (UpstreamTimeout, "connecting to upstream {name!r} timed out", True),
+    "head_timeout": (UpstreamTimeout, "upstream {name!r} sent no response headers in time", False),
+    "tls": (
+        UpstreamUnavailable,
+        "upstream {name!r} failed the TLS handshake (certificate not trusted?)",
+        True,
+    ),
+    "unreachable": (UpstreamUnavailable, "upstream {name!r} is unreachable: {detail}", True),
+    "closed": (UpstreamUnavailable, "upstream {name!r} closed the connection early", None),
+    "invalid": (UpstreamUnavailable, "upstream {name!r} sent an invalid response", False),
+    "failed": (UpstreamUnavailable, "upstream {name!r} failed ({detail})", False),
+    "failed_io": (UpstreamUnavailable, "upstream {name!r} failed ({detail})", None),
+}
+
+
+def _failure(exc: BaseException) -> tuple[str, str] | None:
+    """The kind of an upstream failure (our client's, or aiohttp's for WebSocket handshakes
+    and health checks) and its detail; None for what is not an upstream failure."""
+    if isinstance(exc, H1Error):
+        if isinstance(exc, ConnectTimeout):
+            return "connect_timeout", ""
+        if isinstance(exc, HeadTimeout):
+            return "head_timeout", ""
+        if isinstance(exc, TLSError):
+            return "tls", ""
+        if isinstance(exc, ConnectError):
+            return "unreachable", exc.reason
+        if isinstance(exc, Disconnected):
+            return "closed", ""
+        if isinstance(exc, InvalidResponse):
+            return "invalid", ""
+        return "failed", type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connect_timeout", ""
+    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+        return "head_timeout", ""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls", ""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "unreachable", exc.os_error.strerror or type(exc.os_error).__name__
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return "closed", ""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "invalid", ""
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return "failed_io", type(exc).__name__
+    return None
 
 
 class BodyState:
