@@ -647,12 +647,7 @@ class _Stage:
                 if real is None:  # pragma: no cover - safety net, never seen
                     self.mismatches += 1
                     return self._emit(out, padded, cur, start), True
-            if start > cur:
-                out.append(padded[cur:start])
-            out.append(self._expand(real))
-            self.redactions += 1
-            cur = end
-            self._must_advance = start == end
+            cur = self._replace(out, padded, cur, start, end, real)
         return max(cur, self._emit(out, padded, cur, min(limit, n))), False
 
     def _phase_at(
@@ -682,12 +677,7 @@ class _Stage:
             if real is None or real.end() != end:  # pragma: no cover - safety net, never seen
                 self.mismatches += 1
                 return self._emit(out, padded, cur, q), True
-            if q > cur:
-                out.append(padded[cur:q])
-            out.append(self._expand(real))
-            self.redactions += 1
-            cur = end
-            self._must_advance = False
+            cur = self._replace(out, padded, cur, q, end, real)
         return max(cur, self._emit(out, padded, cur, min(limit, n))), False
 
     def _match_in_order(
@@ -703,6 +693,17 @@ class _Stage:
             if real.start() >= start:
                 return real if real.span() == (start, end) else None
         return None
+
+    def _replace(
+        self, out: list[str], text: str, cur: int, start: int, end: int, match: re.Match[str]
+    ) -> int:
+        """Emit the text before a committed match and its replacement; the new position."""
+        if start > cur:
+            out.append(text[cur:start])
+        out.append(self._expand(match))
+        self.redactions += 1
+        self._must_advance = start == end
+        return end
 
     def _emit(self, out: list[str], text: str, cur: int, to: int) -> int:
         if to > cur:
@@ -722,12 +723,7 @@ class _Stage:
                     continue  # committed already; finditer now goes on as re.sub would
             if start >= frontier:
                 break
-            if start > cur:
-                out.append(buf[cur:start])
-            out.append(self._expand(m))
-            self.redactions += 1
-            cur = end
-            self._must_advance = start == end
+            cur = self._replace(out, buf, cur, start, end, m)
         return self._emit(out, buf, cur, min(frontier, n))
 
     # ---- fail closed
