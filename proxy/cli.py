@@ -99,7 +99,8 @@ async def _transform(config: Config, route_name: str, request: bool, content_typ
         direction="request" if request else "response",
         headers=CIMultiDictProxy(headers),
     )
-    plan = plan_body(chains.request if request else chains.response, headers, None, ctx)
+    stages = chains.request if request else chains.response
+    plan = plan_body(stages, headers, None, ctx, route.request_text if request else route.text)
     out = sys.stdout.buffer
     if plan is None:
         async for chunk in _stdin_chunks():

@@ -30,6 +30,7 @@ from pydantic import (
 )
 from yarl import URL
 
+from .text.spec import AUTO, BODY, TextSpec, parse_text
 from .units import parse_duration, parse_size
 
 DEFAULT_PATH = "proxy.yaml"
@@ -225,6 +226,10 @@ class MatchConfig(_Model):
 
 
 class RouteConfig(_Model):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, arbitrary_types_allowed=True
+    )
+
     name: str
     """Name used in logs, metrics and `transform --route` (default: routeN)."""
     match: MatchConfig = MatchConfig()
@@ -241,6 +246,17 @@ class RouteConfig(_Model):
     """Response body transforms, applied in order: one-key mappings `NAME: {options}`."""
     request_transforms: list[TransformEntry] = []
     """Request body transforms, applied in order."""
+    text: TextSpec = AUTO
+    """Where the response transforms find their text: `auto` (`body`, except SSE and NDJSON
+    streams: a provider's stream is recognised by its first event, any other SSE read as `sse`),
+    `body`, `sse` (each event's data one text), a preset (`openai`, `anthropic`, `ollama`,
+    `gemini`), or `{format: sse|ndjson|json, fields: [selector, ...], join: false, max_event:
+    1MiB}` (the JSON string values the selectors such as `choices[*].delta.content` pick;
+    `join: true` makes a path's values across events one text). `{preset: NAME, max_event}`
+    and `{format: sse, max_event}` set the event limit of the named forms."""
+    request_text: TextSpec = BODY
+    """The same for `request_transforms`: a preset reads the prompt fields of the provider's
+    request body."""
 
 
 class DemoConfig(_Model):
@@ -387,6 +403,20 @@ def _check_references(data: dict[str, Any], problems: list[str]) -> None:
             names.setdefault(name, i)
 
 
+def _check_texts(data: dict[str, Any], problems: list[str]) -> None:
+    """Read each route's ``text`` and ``request_text`` into a TextSpec (problems with key paths)."""
+    routes = data.get("routes")
+    if not isinstance(routes, list):
+        return
+    for i, route in enumerate(routes):
+        if not isinstance(route, dict):
+            continue
+        for key in ("text", "request_text"):
+            if key in route:
+                spec = parse_text(route[key], f"routes[{i}].{key}", problems)
+                route[key] = spec if spec is not None else (AUTO if key == "text" else BODY)
+
+
 def _structure_problems(exc: ValidationError) -> list[str]:
     described = [_describe(err) for err in exc.errors(include_url=False)]
     # "targtes: unknown key (did you mean 'targets'?)" already says that targets is missing.
@@ -425,6 +455,7 @@ def _validate(data: Any) -> Config:
             for i, r in enumerate(routes)
         ]
     _check_references(data, problems)
+    _check_texts(data, problems)
     config: Config | None = None
     try:
         config = Config.model_validate(data)

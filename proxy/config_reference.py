@@ -60,6 +60,8 @@ def type_name(tp: Any) -> str:
         return "mapping"
     if tp is Any:
         return "transform entry"
+    if hasattr(tp, "CONFIG_TYPE"):
+        return str(tp.CONFIG_TYPE)
     return getattr(tp, "__name__", str(tp))
 
 
@@ -119,7 +121,7 @@ def rows(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[str]:
         meta = field.metadata
         if meta:
             tp = Annotated[tp, *meta]  # type: ignore[valid-type]
-        doc = (field.description or "").replace("|", "\\|")
+        doc = " ".join((field.description or "").split()).replace("|", "\\|")
         kind = type_name(tp)
         yield f"| `{path}` | {kind} | {_default(field, kind)} | {doc} |"
         nested, suffix = _model_of(field.annotation)

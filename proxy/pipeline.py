@@ -20,6 +20,8 @@ from .content_types import charset_of, parse_content_type
 from .errors import UpstreamBodyError, UpstreamBodyTimeout
 from .h1client import H1Error, H1Response
 from .plugin_loader import TransformStage
+from .text.engine import text_body
+from .text.spec import BODY, TextSpec
 from .transform_api import TransformContext
 
 SUPPORTED_CODINGS = ("gzip", "deflate", "br")
@@ -28,7 +30,7 @@ SUPPORTED_CODINGS = ("gzip", "deflate", "br")
 class BodyPlan:
     """How one body is transformed: the stages that apply and its decoding and re-encoding."""
 
-    __slots__ = ("_gens", "ctx", "decode", "encode", "stages")
+    __slots__ = ("_gens", "ctx", "decode", "encode", "stages", "text")
 
     def __init__(
         self,
@@ -36,11 +38,13 @@ class BodyPlan:
         ctx: TransformContext,
         decode: str | None,
         encode: str | None,
+        text: TextSpec = BODY,
     ) -> None:
         self.stages = stages
         self.ctx = ctx
         self.decode = decode
         self.encode = encode
+        self.text = text
         self._gens: list[Any] = []
 
     def chain(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -50,9 +54,8 @@ class BodyPlan:
         if self.decode:
             it = _decoded(it, self.decode)
             self._gens.append(it)
-        for stage in self.stages:
-            it = stage.transform(it, self.ctx)
-            self._gens.append(it)
+        it = text_body(it, self.stages, self.ctx, self.text, self._gens)
+        self._gens.append(it)
         if self.encode:
             it = _encoded(it, self.encode)
             self._gens.append(it)
@@ -74,6 +77,7 @@ def plan_body(
     headers: CIMultiDict[str],
     accept_encoding: str | None,
     ctx: TransformContext,
+    text: TextSpec = BODY,
 ) -> BodyPlan | None:
     """Decide whether ``stages`` apply to a body with ``headers``, and fix the headers for it.
 
@@ -108,7 +112,7 @@ def plan_body(
         headers["ETag"] = "W/" + etag
     ctx.content_type = media
     ctx.charset = charset_of(params)
-    return BodyPlan(applying, ctx, decode, encode)
+    return BodyPlan(applying, ctx, decode, encode, text)
 
 
 async def _decoded(source: AsyncIterator[bytes], coding: str) -> AsyncIterator[bytes]:

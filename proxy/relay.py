@@ -217,7 +217,9 @@ class Relay:
             if route.chains.request:
                 ctx = self._context(route, rid, "request", request.headers)
                 try:
-                    request_plan = plan_body(route.chains.request, headers, "*", ctx)
+                    request_plan = plan_body(
+                        route.chains.request, headers, "*", ctx, route.request_text
+                    )
                 except UnsupportedEncoding:
                     raise BadRequest(
                         "request transforms cannot decode this request's Content-Encoding"
@@ -332,7 +334,11 @@ class Relay:
             ctx = self._context(route, rid, "response", upstream_headers)
             try:
                 plan = plan_body(
-                    route.chains.response, headers, request.headers.get("Accept-Encoding"), ctx
+                    route.chains.response,
+                    headers,
+                    request.headers.get("Accept-Encoding"),
+                    ctx,
+                    route.text,
                 )
             except UnsupportedEncoding:
                 # Fail closed: a body the transforms cannot read must not pass unredacted.

@@ -17,7 +17,9 @@ class Route:
         "name",
         "path_prefix",
         "preserve_host",
+        "request_text",
         "strip_prefix",
+        "text",
         "timeout",
         "upstream",
     )
@@ -32,6 +34,8 @@ class Route:
         self.preserve_host = config.preserve_host
         self.timeout = config.timeout
         self.chains = chains
+        self.text = config.text
+        self.request_text = config.request_text
 
     def matches(self, method: str, host: str | None, raw_path: str) -> bool:
         if not raw_path.startswith(self.path_prefix):

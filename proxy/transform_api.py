@@ -9,6 +9,15 @@ iterator of ``bytes`` and ``ctx`` a :class:`TransformContext`; it returns an asy
 ``bytes`` (usually it is an async generator). An empty chunk means "nothing yet", never "the end";
 the end of the body is the end of the iteration, where a transform flushes what it held back.
 
+A transform may also expose a synchronous per-body stream: ``open(ctx)`` returning an object
+with ``feed(bytes) -> bytes`` and ``close() -> bytes`` that produce exactly what ``__call__``
+would. The engine then drives it directly where it feeds many small texts (the values inside
+structured bodies); the built-in transforms do.
+
+An *event transform* has ``events = True``: on a route whose text is ``sse`` it is called as
+``transform(events, ctx)`` with an async iterator of :class:`Event` and returns one; the engine
+writes the events it yields back as Server-Sent Events.
+
 A factory may declare its options as a pydantic model in an ``Options`` attribute; the loader then
 validates the options with it (errors carry the key path down to the offending item) and calls
 the factory with the validated fields. ``content_types`` is taken by the engine for every
@@ -53,3 +62,42 @@ class Transform(Protocol):
 
 
 TransformFactory = Callable[..., Transform]
+
+
+class Event:
+    """One Server-Sent Event, as an event transform sees it.
+
+    ``data`` is the event's data (its ``data`` lines joined by ``\n``), or None when it has no
+    ``data`` line; ``comments`` are its comment lines without the leading ``:``. An event read
+    from the upstream whose fields are unchanged when it is written is written back byte for
+    byte; a changed or new one is written from its fields.
+    """
+
+    __slots__ = ("comments", "data", "event", "id", "retry", "source")
+
+    def __init__(
+        self,
+        data: str | None = None,
+        *,
+        event: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+        comments: list[str] | None = None,
+    ) -> None:
+        self.data = data
+        self.event = event
+        self.id = id
+        self.retry = retry
+        self.comments = list(comments) if comments else []
+        self.source: object = None  # set by the reader: the bytes it came as, and its fields
+
+    def fields(self) -> tuple[object, ...]:
+        return (self.event, self.data, self.id, self.retry, tuple(self.comments))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f}={getattr(self, f)!r}"
+            for f in ("event", "data", "id", "retry")
+            if getattr(self, f)
+        )
+        return f"Event({shown})"

@@ -147,7 +147,7 @@ def test_the_bundled_proxy_yaml_is_valid() -> None:
 
     config = load_config(Path(__file__).parent.parent / "proxy.yaml")
     assert config.demo is not None
-    assert [r.name for r in config.routes] == ["demo", "raw"]
+    assert [r.name for r in config.routes] == ["demo", "llm", "raw"]
 
 
 def test_transform_entries_are_checked() -> None:

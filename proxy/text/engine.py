@@ -1,0 +1,369 @@
+"""A body read the way its route's ``text`` says: the transform chain applied where the text is.
+
+:func:`text_body` is the one entry: it takes the body's chunks (already decoded from any
+``Content-Encoding``), the stages that apply to it, their context and the route's
+:class:`~.spec.TextSpec`, and yields the rewritten body. ``body`` is the plain chain over the
+bytes. The structured forms read records (SSE events, NDJSON lines, a JSON document or a JSON
+array's elements), give their texts to the chain and write the records back, each as soon as it
+is complete; every byte outside the texts passes as it came.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from ..transform_api import Event, TransformContext
+from .errors import TextFormatError
+from .jsonstream import JsonArrayFramer, JsonRewriter
+from .presets import PRESET_POLICIES, REQUEST_FIELDS, RESPONSE_FIELDS, detect
+from .records import SENTINELS, FieldsPolicy, JsonTexts, Policy
+from .spec import TextSpec
+from .sse import SSEReader, SSERecord, data_event, event_bytes, record_to_event
+from .textstream import open_text, transform_whole
+
+__all__ = ["text_body"]
+
+Chunks = AsyncIterator[bytes]
+JSON_MEDIA = ("application/json",)
+
+
+def _is_json(media: str) -> bool:
+    return media in JSON_MEDIA or media.endswith("+json")
+
+
+def text_body(
+    source: Chunks,
+    stages: Sequence[Any],
+    ctx: TransformContext,
+    spec: TextSpec,
+    track: list[Any] | None = None,
+) -> Chunks:
+    """The body of ``source`` with the transforms of ``stages`` applied where ``spec`` says.
+
+    Every generator made on the way is appended to ``track`` (so the caller can close them all).
+    """
+    gens = track if track is not None else []
+    transforms = [s.transform for s in stages if not getattr(s.transform, "events", False)]
+    events = [s.transform for s in stages if getattr(s.transform, "events", False)]
+    media = ctx.content_type
+    mode = spec.mode
+    if mode == "auto":
+        if media == "text/event-stream":
+            return _sse(source, transforms, events, ctx, spec, None, gens, sniff=True)
+        if media == "application/x-ndjson":
+            return _ndjson(source, transforms, ctx, spec, None, gens, sniff=True)
+        return _plain(source, transforms, ctx, gens)
+    if mode == "body":
+        return _plain(source, transforms, ctx, gens)
+    ctx.charset = "utf-8"
+    if mode == "sse":
+        return _sse(source, transforms, events, ctx, spec, None, gens)
+    if mode == "fields":
+        if spec.format == "json":
+            return _json(source, transforms, ctx, spec.selectors, spec.max_event)
+        policy = FieldsPolicy(spec.selectors, spec.join)
+        if spec.format == "ndjson":
+            return _ndjson(source, transforms, ctx, spec, policy, gens)
+        return _sse(source, transforms, events, ctx, spec, policy, gens)
+    # a preset
+    if ctx.direction == "request":
+        if _is_json(media) or not media:
+            return _json(source, transforms, ctx, REQUEST_FIELDS[mode], spec.max_event)
+        return _plain(source, transforms, ctx, gens)
+    if media == "text/event-stream":
+        return _sse(source, transforms, events, ctx, spec, PRESET_POLICIES[mode](), gens)
+    if media == "application/x-ndjson":
+        return _ndjson(source, transforms, ctx, spec, PRESET_POLICIES[mode](), gens)
+    if _is_json(media):
+        if mode == "gemini":
+            return _json_or_array(source, transforms, ctx, spec)
+        return _json(source, transforms, ctx, RESPONSE_FIELDS[mode], spec.max_event)
+    return _plain(source, transforms, ctx, gens)
+
+
+def _plain(
+    source: Chunks, transforms: Sequence[Any], ctx: TransformContext, gens: list[Any]
+) -> Chunks:
+    it = source
+    for transform in transforms:
+        it = transform(it, ctx)
+        gens.append(it)
+    return it
+
+
+def _texts(policy: Policy, transforms: Sequence[Any], ctx: TransformContext) -> JsonTexts:
+    def whole(text: str) -> Any:
+        return transform_whole(transforms, ctx, text)
+
+    return JsonTexts(policy, lambda: open_text(transforms, ctx), whole)
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+# -- Server-Sent Events ----------------------------------------------------------------------
+
+
+async def _records(source: Chunks, reader: SSEReader) -> AsyncIterator[bytes | SSERecord]:
+    async for chunk in source:
+        for item in reader.feed(chunk):
+            yield item
+    for item in reader.close():
+        yield item
+
+
+async def _through_events(
+    items: AsyncIterator[bytes | SSERecord],
+    events: Sequence[Any],
+    ctx: TransformContext,
+    limit: int,
+    gens: list[Any],
+) -> AsyncIterator[bytes | SSERecord]:
+    """Records through the event transforms, back as records (raw items are not events)."""
+
+    async def as_events() -> AsyncIterator[Event]:
+        async for item in items:
+            if isinstance(item, SSERecord):
+                yield record_to_event(item)
+
+    it: AsyncIterator[Event] = as_events()
+    gens.append(it)
+    for transform in events:
+        it = transform(it, ctx)
+        gens.append(it)
+    async for event in it:
+        if not isinstance(event, Event):
+            raise TypeError(f"an event transform yielded {type(event).__name__}, not an Event")
+        source = event.source
+        if isinstance(source, tuple) and event.fields() == source[1]:
+            yield source[0]
+            continue
+        data = event_bytes(event)
+        if data:
+            reader = SSEReader(limit)
+            for item in (*reader.feed(data), *reader.close()):
+                yield item
+
+
+async def _sse(
+    source: Chunks,
+    transforms: Sequence[Any],
+    events: Sequence[Any],
+    ctx: TransformContext,
+    spec: TextSpec,
+    policy: Policy | None,
+    gens: list[Any],
+    *,
+    sniff: bool = False,
+) -> Chunks:
+    items: AsyncIterator[bytes | SSERecord] = _records(source, SSEReader(spec.max_event))
+    gens.append(items)
+    if events:
+        items = _through_events(items, events, ctx, spec.max_event, gens)
+        gens.append(items)
+    texts = _texts(policy, transforms, ctx) if policy is not None else None
+    decided = not sniff
+    pending: list[bytes] = []
+    async for item in items:
+        if isinstance(item, bytes):
+            yield item
+            continue
+        data = item.data
+        if data is None:
+            yield item.raw
+            continue
+        if not decided:
+            decided = True
+            preset = _sniff(data, item.name)
+            if preset is not None:
+                ctx.charset = "utf-8"
+                texts = _texts(PRESET_POLICIES[preset](), transforms, ctx)
+        if texts is None:
+            new = await transform_whole(transforms, ctx, data.decode("utf-8", "replace"))
+            new_data = new.encode("utf-8")
+            yield item.raw if new_data == data else item.with_data(new_data)
+            continue
+        try:
+            before, changed = await texts.record(data, item.name)
+        except TextFormatError:
+            if item.complete:
+                raise
+            raise TextFormatError("the body ended inside an event whose data is not JSON") from None
+        for rec in before:
+            pending.append(data_event(_dump(rec.obj), rec.name))
+        pending.append(item.raw if changed is None else item.with_data(changed))
+        yield b"".join(pending)
+        pending.clear()
+    if texts is not None:
+        rest = await texts.finish()
+        if rest:
+            yield b"".join(data_event(_dump(rec.obj), rec.name) for rec in rest)
+
+
+def _sniff(data: bytes, name: str | None) -> str | None:
+    if data.strip() in SENTINELS:
+        return None
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return detect(obj, name)
+
+
+# -- NDJSON ----------------------------------------------------------------------------------
+
+
+async def _ndjson(
+    source: Chunks,
+    transforms: Sequence[Any],
+    ctx: TransformContext,
+    spec: TextSpec,
+    policy: Policy | None,
+    gens: list[Any],
+    *,
+    sniff: bool = False,
+) -> Chunks:
+    limit = spec.max_event
+    buf = b""
+    texts = _texts(policy, transforms, ctx) if policy is not None else None
+    ended_line = True  # the output so far ends at a line end
+    it = source.__aiter__()
+    if sniff:
+        async for chunk in it:
+            buf += chunk
+            line, nl, _ = buf.partition(b"\n")
+            if nl and line.strip():
+                break
+            if len(buf) > limit:
+                break
+        preset = None
+        line = buf.split(b"\n", 1)[0]
+        if line.strip():
+            try:
+                preset = detect(json.loads(line), None)
+            except (ValueError, RecursionError):
+                preset = None
+        if preset is None:
+            async for out in _plain(_prepend(buf, it), transforms, ctx, gens):
+                yield out
+            return
+        ctx.charset = "utf-8"
+        texts = _texts(PRESET_POLICIES[preset](), transforms, ctx)
+    assert texts is not None
+
+    async def lines(data: bytes, final: bool) -> bytes:
+        nonlocal ended_line
+        out: list[bytes] = []
+        pos = 0
+        while True:
+            end = data.find(b"\n", pos)
+            if end < 0:
+                if not final or pos == len(data):
+                    break
+                end = len(data)
+            line = data[pos:end]
+            term = data[end : end + 1]
+            pos = end + 1
+            if not line.strip():
+                out.append(line + term)
+                continue
+            before, changed = await texts.record(line)
+            for rec in before:
+                out.append(_dump(rec.obj) + b"\n")
+            out.append((line if changed is None else changed) + term)
+        if out:
+            ended_line = out[-1].endswith(b"\n")
+        rest = data[pos:] if pos < len(data) else b""
+        if len(rest) > limit:
+            raise TextFormatError(f"a line is longer than max_event ({limit} bytes)")
+        return b"".join(out), rest  # type: ignore[return-value]
+
+    async for chunk in it:
+        if not chunk:
+            continue
+        buf += chunk
+        out, buf = await lines(buf, False)  # type: ignore[misc]
+        if out:
+            yield out
+    out, buf = await lines(buf, True)  # type: ignore[misc]
+    rest = await texts.finish()
+    tail = b"".join(_dump(rec.obj) + b"\n" for rec in rest)
+    if tail and not ended_line:
+        tail = b"\n" + tail
+    if out or tail:
+        yield out + tail
+
+
+async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> Chunks:
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
+
+
+# -- one JSON document -----------------------------------------------------------------------
+
+
+async def _json(
+    source: Chunks,
+    transforms: Sequence[Any],
+    ctx: TransformContext,
+    selectors: Sequence[Any],
+    limit: int,
+) -> Chunks:
+    ctx.charset = "utf-8"
+    rewriter = JsonRewriter(selectors, lambda _path: open_text(transforms, ctx), limit)
+    async for chunk in source:
+        out = await rewriter.feed(chunk)
+        if out:
+            yield out
+    out = await rewriter.close()
+    if out:
+        yield out
+
+
+async def _json_or_array(
+    source: Chunks, transforms: Sequence[Any], ctx: TransformContext, spec: TextSpec
+) -> Chunks:
+    """Gemini answers as one object, or streamed as a JSON array of response chunks."""
+    it = source.__aiter__()
+    head = b""
+    async for chunk in it:
+        head += chunk
+        if head.lstrip():
+            break
+    if not head.lstrip().startswith(b"["):
+        async for out in _json(
+            _prepend(head, it), transforms, ctx, RESPONSE_FIELDS["gemini"], spec.max_event
+        ):
+            yield out
+        return
+    texts = _texts(PRESET_POLICIES["gemini"](), transforms, ctx)
+    framer = JsonArrayFramer(spec.max_event)
+
+    async def handle(pieces: list[tuple[str, bytes]]) -> bytes:
+        out: list[bytes] = []
+        for kind, data in pieces:
+            if kind == "element":
+                before, changed = await texts.record(data)
+                out.extend(_dump(rec.obj) + b"," for rec in before)
+                out.append(data if changed is None else changed)
+            elif b"]" in data:
+                rest = await texts.finish()
+                at = data.index(b"]")
+                extra = b"".join(b"," + _dump(rec.obj) for rec in rest)
+                out.append(data[:at] + extra + data[at:])
+            else:
+                out.append(data)
+        return b"".join(out)
+
+    async for chunk in _prepend(head, it):
+        out = await handle(framer.feed(chunk))
+        if out:
+            yield out
+    out = await handle(framer.close())
+    if out:
+        yield out

@@ -1,0 +1,154 @@
+"""String values of a whole JSON document: found by path, read, and rewritten in place.
+
+Used on records that are already whole (an SSE event's data, an NDJSON line): the document is
+parsed once with :func:`json.loads` (which validates it), the values are looked up in the parsed
+object, and only when one changes are the raw spans of the changed values found — with the
+``json`` module's C scanner, stepping over every value off the wanted paths — so that every
+byte outside them stays as it came.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from json import decoder, scanner
+from typing import Any
+
+from .errors import TextFormatError
+from .selectors import ANY, Path, Selector
+
+__all__ = ["get_path", "load", "paths_of", "rewrite", "select", "set_path"]
+
+_scan_once = scanner.make_scanner(decoder.JSONDecoder())
+_scanstring = decoder.scanstring
+_WS = re.compile(r"[ \t\n\r]*")
+_ws = _WS.match
+_SPACE = " \t\n\r"
+_WANTED = object()  # the trie mark of a path whose string value is wanted
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load(data: bytes) -> tuple[str, Any]:
+    """The document as text and as a parsed value; TextFormatError when it is not JSON."""
+    try:
+        text = data.decode("utf-8")
+        return text, json.loads(text, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise TextFormatError(f"the data is not JSON: {exc}") from None
+
+
+def get_path(obj: Any, path: Path) -> Any:
+    for step in path:
+        obj = obj[step]
+    return obj
+
+
+def set_path(obj: Any, path: Path, value: Any) -> None:
+    for step in path[:-1]:
+        obj = obj[step]
+    obj[path[-1]] = value
+
+
+def select(obj: Any, selector: Selector, prefix: Path = ()) -> Iterator[tuple[Path, str]]:
+    """Every ``(concrete path, string)`` that ``selector`` picks in ``obj``, in document order."""
+    if not selector:
+        if isinstance(obj, str):
+            yield prefix, obj
+        return
+    step, rest = selector[0], selector[1:]
+    if isinstance(step, str):
+        if isinstance(obj, Mapping) and step in obj:
+            yield from select(obj[step], rest, (*prefix, step))
+    elif isinstance(obj, list):
+        if step == ANY:
+            for i, item in enumerate(obj):
+                yield from select(item, rest, (*prefix, i))
+        elif step < len(obj):
+            yield from select(obj[step], rest, (*prefix, step))
+
+
+def rewrite(doc: str, values: Mapping[Path, str]) -> str:
+    """``doc`` with the string at each path replaced (re-escaped); every other byte kept."""
+    trie: dict[Any, Any] = {}
+    for path in values:
+        node = trie
+        for step in path:
+            node = node.setdefault(step, {})
+        node[_WANTED] = path
+    spans: list[tuple[int, int, Path]] = []
+    _walk(doc, _ws(doc, 0).end(), trie, spans)
+    out: list[str] = []
+    pos = 0
+    for start, end, path in sorted(spans):
+        out.append(doc[pos:start])
+        ascii_only = "\\u" in doc[start:end]
+        out.append(json.dumps(values[path], ensure_ascii=ascii_only))
+        pos = end
+    out.append(doc[pos:])
+    return "".join(out)
+
+
+def _walk(doc: str, idx: int, trie: dict[Any, Any], spans: list[tuple[int, int, Path]]) -> int:
+    """Step over the value at ``idx``, recording the spans of wanted strings; its end index."""
+    c = doc[idx]
+    if c == '"':
+        end = _scanstring(doc, idx + 1)[1]
+        path = trie.get(_WANTED)
+        if path is not None:
+            spans.append((idx, end, path))
+        return end
+    if c == "{":
+        close, sep = "}", ":"
+    elif c == "[":
+        close, sep = "]", ""
+    else:
+        return _skip(doc, idx)
+    idx += 1
+    if doc[idx] in _SPACE:
+        idx = _ws(doc, idx).end()
+    if doc[idx] == close:
+        return idx + 1
+    i = 0
+    while True:
+        if sep:
+            key, idx = _scanstring(doc, idx + 1)
+            if doc[idx] != sep:
+                idx = _ws(doc, idx).end()
+            idx += 1
+            if doc[idx] in _SPACE:
+                idx = _ws(doc, idx).end()
+            sub = trie.get(key)
+        else:
+            sub = trie.get(i)
+            i += 1
+        idx = _walk(doc, idx, sub, spans) if sub is not None else _skip(doc, idx)
+        if doc[idx] in _SPACE:
+            idx = _ws(doc, idx).end()
+        if doc[idx] == close:
+            return idx + 1
+        idx += 1  # past the comma
+        if doc[idx] in _SPACE:
+            idx = _ws(doc, idx).end()
+
+
+def _skip(doc: str, idx: int) -> int:
+    try:
+        return _scan_once(doc, idx)[1]
+    except StopIteration:
+        raise TextFormatError(f"the data is not JSON at position {idx}") from None
+
+
+def paths_of(selectors: Sequence[Selector], obj: Any) -> list[tuple[Path, str]]:
+    """Every value the selectors pick, each path once, in selector then document order."""
+    seen: set[Path] = set()
+    out: list[tuple[Path, str]] = []
+    for selector in selectors:
+        for path, value in select(obj, selector):
+            if path not in seen:
+                seen.add(path)
+                out.append((path, value))
+    return out

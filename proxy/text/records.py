@@ -1,0 +1,162 @@
+"""The texts inside a stream of JSON records (SSE events' data, NDJSON lines, array elements).
+
+A :class:`Policy` says, for one parsed record, which string values continue which text (values
+of one text in successive records are one stream through the transform chain, as a token stream
+is), which values are texts of their own (a whole repeat such as a ``*.done`` event, or every
+value when ``join`` is off), and which texts end at it. :class:`JsonTexts` applies it: what a
+transform still holds moves into that text's next value; when a text ends, what is left goes out
+as one more record the policy builds, before the record that ended it (or in that record's own
+value of the text, when it carries a non-empty one).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+from .jsonvalues import get_path, load, paths_of, rewrite, set_path
+from .selectors import Path, Selector
+from .sink import TextSink
+
+__all__ = ["ALL", "FieldsPolicy", "JsonTexts", "Policy", "Record"]
+
+Key = Hashable
+ALL = "*all*"  # ends(): every open text ends here
+SENTINELS = (b"[DONE]",)
+
+
+class Record:
+    """A parsed record: its JSON value and its SSE event name (None elsewhere)."""
+
+    __slots__ = ("name", "obj")
+
+    def __init__(self, obj: Any, name: str | None) -> None:
+        self.obj = obj
+        self.name = name
+
+
+class Policy:
+    """Which values of a record are texts. The default: no text at all."""
+
+    def texts(self, rec: Record) -> list[tuple[Path, str, Key]]:
+        """``(path, value, key)`` of the values that continue (or start) the text ``key``."""
+        return []
+
+    def wholes(self, rec: Record) -> list[tuple[Path, str]]:
+        """Values that are each a text of their own."""
+        return []
+
+    def ends(self, rec: Record) -> Callable[[Key], bool] | str | None:
+        """The texts that end at this record: a predicate on keys, ALL, or None."""
+        return None
+
+    def remainder(self, key: Key, text: str, last: Record) -> Record:
+        """One more record carrying ``text`` for ``key`` (``last`` carried its last value)."""
+        raise NotImplementedError
+
+
+class FieldsPolicy(Policy):
+    """``{format, fields, join}``: the selected values; with ``join`` one text per concrete
+    path across records, else each value on its own."""
+
+    def __init__(self, selectors: Sequence[Selector], join: bool) -> None:
+        self.selectors = tuple(selectors)
+        self.join = join
+
+    def texts(self, rec: Record) -> list[tuple[Path, str, Key]]:
+        if not self.join:
+            return []
+        return [(path, value, path) for path, value in paths_of(self.selectors, rec.obj)]
+
+    def wholes(self, rec: Record) -> list[tuple[Path, str]]:
+        return [] if self.join else paths_of(self.selectors, rec.obj)
+
+    def remainder(self, key: Key, text: str, last: Record) -> Record:
+        obj = copy.deepcopy(last.obj)
+        for path, _ in paths_of(self.selectors, obj):
+            set_path(obj, path, "")
+        set_path(obj, key, text)  # type: ignore[arg-type]
+        return Record(obj, last.name)
+
+
+class JsonTexts:
+    """Rewrites successive records of one body; keeps each open text's stream."""
+
+    __slots__ = ("_last", "_open", "_streams", "_whole", "policy")
+
+    def __init__(
+        self,
+        policy: Policy,
+        open_stream: Callable[[], TextSink],
+        whole: Callable[[str], Any],
+    ) -> None:
+        self.policy = policy
+        self._open = open_stream
+        self._whole = whole
+        self._streams: dict[Key, TextSink] = {}
+        self._last: dict[Key, Record] = {}
+
+    async def record(
+        self, data: bytes, name: str | None = None
+    ) -> tuple[list[Record], bytes | None]:
+        """``(records to write before it, its new data or None when unchanged)``."""
+        if data.strip() in SENTINELS:
+            return await self.finish(), None
+        doc, obj = load(data)
+        rec = Record(obj, name)
+        policy = self.policy
+        texts = policy.texts(rec)
+        ends = policy.ends(rec) if self._streams or texts else None
+        before: list[Record] = []
+        ending: set[Key] = set()
+        if ends is not None:
+            carried = {key for _, value, key in texts if value}
+            for key in list(self._streams):
+                if ends == ALL or (callable(ends) and ends(key)):
+                    if key in carried:
+                        ending.add(key)
+                    else:
+                        await self._close(key, before)
+            if callable(ends):
+                ending.update(key for _, _, key in texts if key not in self._streams and ends(key))
+            elif ends == ALL:
+                ending.update(key for _, _, key in texts)
+        changed: dict[Path, str] = {}
+        for path, value, key in texts:
+            stream = self._streams.get(key)
+            if stream is None:
+                stream = self._streams[key] = self._open()
+            out = await stream.feed(value)
+            self._last[key] = rec
+            if key in ending:
+                out += await stream.close()
+                del self._streams[key]
+                del self._last[key]
+            if out != value:
+                changed[path] = out
+        for path, value in policy.wholes(rec):
+            out = await self._whole(value)
+            if out != value:
+                changed[path] = out
+        if not changed:
+            return before, None
+        return before, rewrite(doc, changed).encode("utf-8")
+
+    async def _close(self, key: Key, before: list[Record]) -> None:
+        stream = self._streams.pop(key)
+        last = self._last.pop(key)
+        rest = await stream.close()
+        if rest:
+            before.append(self.policy.remainder(key, rest, last))
+
+    async def finish(self) -> list[Record]:
+        """The end of the body (or a sentinel): every open text ends; their remainders."""
+        out: list[Record] = []
+        for key in list(self._streams):
+            await self._close(key, out)
+        return out
+
+
+def value_at(rec: Record, path: Path) -> Any:
+    return get_path(rec.obj, path)
