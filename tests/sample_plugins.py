@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from proxy.transform_api import TransformContext
+from proxy.transform_api import Event, TransformContext
 
 
 class Upper:
@@ -52,3 +52,41 @@ class Bracket:
         async for chunk in chunks:
             yield chunk
         yield b"]"
+
+
+class HoldTail:
+    """Identity, but the last ``n`` characters of what came wait for more (or for the end):
+    a plugin that holds text back, as a partial match does."""
+
+    def __init__(self, n: int = 3) -> None:
+        self.n = n
+
+    async def __call__(
+        self, chunks: AsyncIterator[bytes], ctx: TransformContext
+    ) -> AsyncIterator[bytes]:
+        held = ""
+        async for chunk in chunks:
+            held += chunk.decode("utf-8", "surrogatepass")
+            if len(held) > self.n:
+                cut = len(held) - self.n
+                yield held[:cut].encode("utf-8", "surrogatepass")
+                held = held[cut:]
+        if held:
+            yield held.encode("utf-8", "surrogatepass")
+
+
+class DropPings:
+    """An event transform: drops ``ping`` events, upper-cases ``shout`` data, adds a last event."""
+
+    events = True
+
+    async def __call__(
+        self, events: AsyncIterator[Event], ctx: TransformContext
+    ) -> AsyncIterator[Event]:
+        async for event in events:
+            if event.event == "ping":
+                continue
+            if event.event == "shout" and event.data is not None:
+                event.data = event.data.upper()
+            yield event
+        yield Event("bye", event="end")

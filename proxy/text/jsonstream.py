@@ -343,11 +343,11 @@ class JsonRewriter:
             else:  # _END
                 raise self._error("data after the JSON document", pos)
 
-        if final and mode == _NUMBER_HELD:  # a top-level number ends with the body
+        if final and mode == _NUMBER_HELD:  # the body ends a number
             number = "".join(self._num)
             self._num = []
-            if not _NUMBER.fullmatch(number):
-                raise self._error(f"an invalid number {number[:40]!r}", pos)
+            if stack or not _NUMBER.fullmatch(number):
+                raise self._error(f"an unfinished number {number[:40]!r}", pos)
             out.append(number)
             mode = _END
         out.append(buf[emit:pos])

@@ -76,6 +76,9 @@ class SSERecord:
             out.extend(b"data: " + piece + b"\n" for piece in new)
         if self.complete:
             out.append(self.lines[-1])
+        for i in range(len(out) - 1):
+            if out[i].endswith(b"\r") and out[i + 1].startswith(b"\n"):
+                out[i] += b"\n"  # a bare CR now before an LF: keep them one line end, not two
         return b"".join(out)
 
 
