@@ -79,7 +79,9 @@ def our_events(items: list[bytes | SSERecord]) -> list[tuple[str, str, str | Non
     return events
 
 
-_VALUE = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]), max_size=8)
+_VALUE = st.text(
+    st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]), max_size=8
+)
 _LINE = st.one_of(
     st.builds(lambda v: f"data: {v}", _VALUE),
     st.builds(lambda v: f"data:{v}", _VALUE),
@@ -138,9 +140,10 @@ def test_any_split_reads_as_the_whole_and_writes_back_byte_for_byte(data: st.Dat
     assert shape(items) == shape(whole)
     assert our_events(items) == whatwg_events(body)
     # unchanged events go out as they came
-    assert b"".join(
-        i if isinstance(i, bytes) else event_bytes(record_to_event(i)) for i in items
-    ) == body
+    assert (
+        b"".join(i if isinstance(i, bytes) else event_bytes(record_to_event(i)) for i in items)
+        == body
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -155,6 +158,7 @@ def test_a_changed_event_keeps_its_other_lines_and_reads_back(body: bytes, new: 
         expected = new.replace("\r\n", "\n").replace("\r", "\n")
         assert again.data == expected.encode("utf-8", "surrogatepass")
         assert again.name == item.name
+
         def others(lines: list[bytes]) -> list[bytes]:  # a bare CR may have become a CRLF
             return [line.rstrip(b"\r\n") for line in lines if not line.startswith(b"data")]
 
