@@ -1,0 +1,1 @@
+"""Helpers shared by tests: local upstreams that speak real wire formats."""
