@@ -248,12 +248,15 @@ def blank_chat(event: tuple[str, Any]) -> Any:
 
 
 def chat_extra(event: tuple[str, Any], following: Any) -> bool:
-    """A remainder event: one choice with text, right before that choice's finish chunk."""
+    """A remainder event: one choice with text, right before that text's end (the choice's
+    finish chunk, or the chunk starting its next text: a tool call)."""
     _, obj = event
     (choice,) = obj["choices"]
     _, nxt = following
-    finishing = [c["index"] for c in nxt["choices"] if c["finish_reason"]]
-    return choice["index"] in finishing and choice["finish_reason"] is None
+    ending = [
+        c["index"] for c in nxt["choices"] if c["finish_reason"] or c["delta"].get("tool_calls")
+    ]
+    return choice["index"] in ending and choice["finish_reason"] is None
 
 
 @pytest.mark.parametrize("text", ["openai", "auto"])

@@ -17,6 +17,7 @@ from typing import Any
 from ..transform_api import Event, TransformContext
 from .errors import TextFormatError
 from .jsonstream import JsonArrayFramer, JsonRewriter
+from .jsonvalues import dumps
 from .presets import PRESET_POLICIES, REQUEST_FIELDS, RESPONSE_FIELDS, detect
 from .records import SENTINELS, FieldsPolicy, JsonTexts, Policy
 from .spec import TextSpec
@@ -101,7 +102,7 @@ def _texts(policy: Policy, transforms: Sequence[Any], ctx: TransformContext) -> 
 
 
 def _dump(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return dumps(obj).encode("utf-8")
 
 
 # -- Server-Sent Events ----------------------------------------------------------------------
@@ -183,7 +184,7 @@ async def _sse(
                 texts = _texts(PRESET_POLICIES[preset](), transforms, ctx)
         if texts is None:
             new = await transform_whole(transforms, ctx, data.decode("utf-8", "replace"))
-            new_data = new.encode("utf-8")
+            new_data = new.encode("utf-8", "surrogatepass")
             yield item.raw if new_data == data else item.with_data(new_data)
             continue
         try:

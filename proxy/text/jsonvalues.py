@@ -18,7 +18,7 @@ from typing import Any
 from .errors import TextFormatError
 from .selectors import ANY, Path, Selector
 
-__all__ = ["get_path", "load", "paths_of", "rewrite", "select", "set_path"]
+__all__ = ["dumps", "get_path", "load", "paths_of", "rewrite", "select", "set_path"]
 
 _scan_once = scanner.make_scanner(decoder.JSONDecoder())
 _scanstring = decoder.scanstring
@@ -26,6 +26,21 @@ _WS = re.compile(r"[ \t\n\r]*")
 _ws = _WS.match
 _SPACE = " \t\n\r"
 _WANTED = object()  # the trie mark of a path whose string value is wanted
+
+
+# Written as escapes even where the rest is raw UTF-8: lone surrogates (UTF-8 cannot carry one),
+# and the separators that line-splitting readers (Python's splitlines, JavaScript) break at.
+_ESCAPED = re.compile("[\ud800-\udfff\u2028\u2029\x85]")
+
+
+def _escape_special(text: str) -> str:
+    return _ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def dumps(value: Any, ensure_ascii: bool = False) -> str:
+    """Compact JSON, safe to write as UTF-8 and to put on one line of NDJSON."""
+    out = json.dumps(value, ensure_ascii=ensure_ascii, separators=(",", ":"))
+    return out if ensure_ascii or not _ESCAPED.search(out) else _escape_special(out)
 
 
 def _no_constant(name: str) -> Any:
@@ -86,7 +101,7 @@ def rewrite(doc: str, values: Mapping[Path, str]) -> str:
     for start, end, path in sorted(spans):
         out.append(doc[pos:start])
         ascii_only = "\\u" in doc[start:end]
-        out.append(json.dumps(values[path], ensure_ascii=ascii_only))
+        out.append(dumps(values[path], ensure_ascii=ascii_only))
         pos = end
     out.append(doc[pos:])
     return "".join(out)

@@ -146,14 +146,33 @@ class OpenAIPolicy(Policy):
                 item_id = item.get("id") if isinstance(item, dict) else None
                 return lambda key: isinstance(key, tuple) and key[1] == item_id
             return None
-        finished = {
-            _index(choice, p)
-            for p, choice in _dicts(obj.get("choices"))
-            if choice.get("finish_reason") is not None
-        }
-        if not finished:
+        finished: set[Any] = set()
+        calls: dict[Any, set[Any]] = {}  # choice index -> tool calls this chunk carries
+        for p, choice in _dicts(obj.get("choices")):
+            i = _index(choice, p)
+            if choice.get("finish_reason") is not None:
+                finished.add(i)
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                for q, call in _dicts(delta.get("tool_calls")):
+                    calls.setdefault(i, set()).add(_index(call, q))
+        if not finished and not calls:
             return None
-        return lambda key: isinstance(key, tuple) and key[0] == "chat" and key[1] in finished
+
+        def ends(key: Key) -> bool:
+            # A choice's text ends at its finish_reason, or (as the SDK's stream helper has it)
+            # when its next text starts: the first tool call ends the content, a tool call the
+            # one before it.
+            if not (isinstance(key, tuple) and key[0] == "chat"):
+                return False
+            if key[1] in finished:
+                return True
+            starting = calls.get(key[1])
+            if not starting:
+                return False
+            return key[2] != "tool" or key[3] not in starting
+
+        return ends
 
     def remainder(self, key: Key, text: str, last: Record) -> Record:
         assert isinstance(key, tuple)
