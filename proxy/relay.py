@@ -47,6 +47,7 @@ from .headers import (
 from .metrics import Metrics
 from .pipeline import BodyPlan, filter_accept_encoding, plan_body, read_failure, upstream_body
 from .routing import Route, has_dot_segment
+from .text.errors import TextFormatError
 from .transform_api import TransformContext
 from .upstream import BodyState, limited_body
 from .websocket import is_websocket_upgrade, relay_websocket
@@ -225,7 +226,7 @@ class Relay:
                         "request transforms cannot decode this request's Content-Encoding"
                     ) from None
                 if request_plan is not None:
-                    body = request_plan.chain(body)
+                    body = _rejecting(request_plan.chain(body), body_state)
         host_header = client_host if route.preserve_host else None
         path_qs = route.upstream_path(raw)
 
@@ -403,6 +404,19 @@ class Relay:
             self.metrics.transform_errors.labels(route.name).inc()
             log.error("a transform failed mid-body: %r", exc, extra=extra, exc_info=exc)
         abort(request)
+
+
+async def _rejecting(body: AsyncIterator[bytes], state: BodyState) -> AsyncIterator[bytes]:
+    """A request body whose text does not parse as its route's ``request_text`` declares is the
+    client's error (400), never sent on."""
+    try:
+        async for chunk in body:
+            yield chunk
+    except TextFormatError as exc:
+        state.error = BadRequest(
+            f"the request body does not parse as the route's request_text: {exc}"
+        )
+        raise state.error from exc
 
 
 class _HeadWithBody(web.StreamResponse):

@@ -246,3 +246,36 @@ async def test_the_transform_command_reads_the_route_text(tmp_path: Path) -> Non
     events = [json.loads(d) for _, d, _ in whatwg_events(out) if d != "[DONE]"]
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
     assert text == "my [REDACTED] ok"
+
+
+async def test_a_request_body_that_does_not_parse_gets_400(
+    aiohttp_server, make_proxy: MakeProxy
+) -> None:
+    received: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            received.append(await request.read())
+        except ConnectionError:
+            received.append(b"<cut>")
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    up = await aiohttp_server(app)
+    routes = route(request_text="openai", request_transforms=[{"redact": {"patterns": [KEY]}}])
+    proxy = await make_proxy({"up": [origin(up)]}, routes)
+    async with aiohttp.ClientSession() as s:
+        good = {"messages": [{"role": "user", "content": f"my {SECRET}"}]}
+        async with s.post(proxy.url("/"), json=good) as r:
+            assert r.status == 200
+        assert json.loads(received[0]) == {
+            "messages": [{"role": "user", "content": "my [REDACTED]"}]
+        }
+        bad = b'{"messages": [{"content": "' + SECRET.encode() + b'"} oops'
+        async with s.post(
+            proxy.url("/"), data=bad, headers={"Content-Type": "application/json"}
+        ) as r:
+            assert r.status == 400
+            assert (await r.json())["error"] == "bad_request"
+    assert all(SECRET.encode() not in body for body in received)
