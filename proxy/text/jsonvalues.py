@@ -86,8 +86,23 @@ def select(obj: Any, selector: Selector, prefix: Path = ()) -> Iterator[tuple[Pa
             yield from select(obj[step], rest, (*prefix, step))
 
 
-def rewrite(doc: str, values: Mapping[Path, str]) -> str:
-    """``doc`` with the string at each path replaced (re-escaped); every other byte kept."""
+def rewrite(doc: str, values: Mapping[Path, str], old: Mapping[Path, str] | None = None) -> str:
+    """``doc`` with the string at each path replaced (re-escaped); every other byte kept.
+
+    ``old`` (the values now at those paths) allows a shortcut: in a document without ``\\u``
+    or ``\\/`` escapes every string is written exactly as ``json.dumps`` writes it, so a
+    value's token is found by its text alone when that text occurs once.
+    """
+    if old is not None and "\\u" not in doc and "\\/" not in doc:
+        out = doc
+        for path, value in values.items():
+            token = json.dumps(old[path], ensure_ascii=False)
+            at = out.find(token)
+            if at < 0 or out.find(token, at + 1) >= 0:
+                break
+            out = f"{out[:at]}{dumps(value)}{out[at + len(token) :]}"
+        else:
+            return out
     trie: dict[Any, Any] = {}
     for path in values:
         node = trie

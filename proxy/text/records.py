@@ -123,6 +123,7 @@ class JsonTexts:
             elif ends == ALL:
                 ending.update(key for _, _, key in texts)
         changed: dict[Path, str] = {}
+        old: dict[Path, str] = {}
         for path, value, key in texts:
             stream = self._streams.get(key)
             if stream is None:
@@ -135,13 +136,15 @@ class JsonTexts:
                 del self._last[key]
             if out != value:
                 changed[path] = out
+                old[path] = value
         for path, value in policy.wholes(rec):
             out = await self._whole(value)
             if out != value:
                 changed[path] = out
+                old[path] = value
         if not changed:
             return before, None
-        return before, rewrite(doc, changed).encode("utf-8")
+        return before, rewrite(doc, changed, old).encode("utf-8")
 
     async def _close(self, key: Key, before: list[Record]) -> None:
         stream = self._streams.pop(key)

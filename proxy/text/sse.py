@@ -55,6 +55,15 @@ class SSERecord:
     def with_data(self, data: bytes) -> bytes:
         """The event with new data: every other line as it came, the data lines in place of
         the first old one (after the last line when it had none)."""
+        lines = self.lines
+        if (
+            len(lines) == 2
+            and self.complete
+            and lines[0].startswith(b"data: ")
+            and b"\n" not in data
+            and b"\r" not in data
+        ):  # the usual event: one data line and its blank line
+            return b"data: " + data + _terminator(lines[0]) + lines[1]
         new = _NEWLINES.split(data)
         out: list[bytes] = []
         placed = False

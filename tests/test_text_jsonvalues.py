@@ -1,0 +1,67 @@
+"""``proxy.text.jsonvalues``: string values of a whole JSON document found, rewritten in place,
+and everything else kept byte for byte."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.text.jsonvalues import paths_of, rewrite, set_path
+from proxy.text.selectors import parse_selector
+
+_TEXT = st.text(max_size=6) | st.sampled_from(["x", "y", "index", '"', "\\", "\u2028", "é😀"])
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def strings(obj: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(obj, str):
+        return [path]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in strings(v, (*path, k))]
+    if isinstance(obj, list):
+        return [p for i, v in enumerate(obj) for p in strings(v, (*path, i))]
+    return []
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_rewrite_changes_the_chosen_strings_and_nothing_else(data: st.DataObject) -> None:
+    obj = data.draw(st.dictionaries(_TEXT, _VALUES, max_size=5))
+    style = data.draw(st.sampled_from([{}, {"ensure_ascii": False}, {"separators": (",", ":")}]))
+    doc = json.dumps(obj, **style)
+    paths = strings(obj)
+    chosen = data.draw(st.lists(st.sampled_from(paths), unique=True)) if paths else []
+    new = {p: data.draw(_TEXT) for p in chosen}
+    expected = json.loads(doc)
+    for p, v in new.items():
+        set_path(expected, p, v)
+    old = {p: _get(json.loads(doc), p) for p in chosen}
+    for hint in (None, old):
+        out = rewrite(doc, new, hint)
+        assert json.loads(out) == expected
+        out.encode("utf-8")  # always writable as UTF-8
+        if not new:
+            assert out == doc
+
+
+def _get(obj: Any, path: tuple[Any, ...]) -> Any:
+    for step in path:
+        obj = obj[step]
+    return obj
+
+
+def test_selectors_pick_values_in_document_order() -> None:
+    obj = {"choices": [{"delta": {"content": "a"}}, {"delta": {}}, {"delta": {"content": "b"}}]}
+    picked = paths_of([parse_selector("choices[*].delta.content")], obj)
+    assert picked == [
+        (("choices", 0, "delta", "content"), "a"),
+        (("choices", 2, "delta", "content"), "b"),
+    ]
+    assert paths_of([parse_selector("choices[2].delta.content")], obj) == picked[1:]
