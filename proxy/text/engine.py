@@ -108,12 +108,21 @@ def _dump(obj: Any) -> bytes:
 # -- Server-Sent Events ----------------------------------------------------------------------
 
 
-async def _records(source: Chunks, reader: SSEReader) -> AsyncIterator[bytes | SSERecord]:
+async def _batches(source: Chunks, reader: SSEReader) -> AsyncIterator[list[bytes | SSERecord]]:
+    """What the reader makes of each chunk: all of it is handled, and written, in one go."""
     async for chunk in source:
-        for item in reader.feed(chunk):
+        items = reader.feed(chunk)
+        if items:
+            yield items
+    items = reader.close()
+    if items:
+        yield items
+
+
+async def _records(source: Chunks, reader: SSEReader) -> AsyncIterator[bytes | SSERecord]:
+    async for items in _batches(source, reader):
+        for item in items:
             yield item
-    for item in reader.close():
-        yield item
 
 
 async def _through_events(
@@ -160,48 +169,69 @@ async def _sse(
     *,
     sniff: bool = False,
 ) -> Chunks:
-    items: AsyncIterator[bytes | SSERecord] = _records(source, SSEReader(spec.max_event))
-    gens.append(items)
+    batches: AsyncIterator[list[bytes | SSERecord]]
     if events:
+        items = _records(source, SSEReader(spec.max_event))
+        gens.append(items)
         items = _through_events(items, events, ctx, spec.max_event, gens)
         gens.append(items)
+        batches = _singly(items)
+    else:
+        batches = _batches(source, SSEReader(spec.max_event))
+    gens.append(batches)
     texts = _texts(policy, transforms, ctx) if policy is not None else None
     decided = not sniff
-    pending: list[bytes] = []
-    async for item in items:
-        if isinstance(item, bytes):
-            yield item
-            continue
-        data = item.data
-        if data is None:
-            yield item.raw
-            continue
-        if not decided:
-            decided = True
-            preset = _sniff(data, item.name)
-            if preset is not None:
-                ctx.charset = "utf-8"
-                texts = _texts(PRESET_POLICIES[preset](), transforms, ctx)
-        if texts is None:
-            new = await transform_whole(transforms, ctx, data.decode("utf-8", "replace"))
-            new_data = new.encode("utf-8", "surrogatepass")
-            yield item.raw if new_data == data else item.with_data(new_data)
-            continue
+    out: list[bytes] = []
+    async for items in batches:
         try:
-            before, changed = await texts.record(data, item.name)
+            for item in items:
+                if isinstance(item, bytes):
+                    out.append(item)
+                    continue
+                data = item.data
+                if data is None:
+                    out.append(item.raw)
+                    continue
+                if not decided:
+                    decided = True
+                    preset = _sniff(data, item.name)
+                    if preset is not None:
+                        ctx.charset = "utf-8"
+                        texts = _texts(PRESET_POLICIES[preset](), transforms, ctx)
+                if texts is None:
+                    new = await transform_whole(transforms, ctx, data.decode("utf-8", "replace"))
+                    new_data = new.encode("utf-8", "surrogatepass")
+                    out.append(item.raw if new_data == data else item.with_data(new_data))
+                    continue
+                try:
+                    before, changed = await texts.record(data, item.name)
+                except TextFormatError:
+                    if item.complete:
+                        raise
+                    raise TextFormatError(
+                        "the body ended inside an event that is not JSON"
+                    ) from None
+                for rec in before:
+                    out.append(data_event(_dump(rec.obj), rec.name))
+                out.append(item.raw if changed is None else item.with_data(changed))
         except TextFormatError:
-            if item.complete:
-                raise
-            raise TextFormatError("the body ended inside an event whose data is not JSON") from None
-        for rec in before:
-            pending.append(data_event(_dump(rec.obj), rec.name))
-        pending.append(item.raw if changed is None else item.with_data(changed))
-        yield b"".join(pending)
-        pending.clear()
+            if out:
+                yield b"".join(out)  # the events before the one that failed
+            raise
+        if out:
+            yield b"".join(out)
+            out.clear()
     if texts is not None:
         rest = await texts.finish()
         if rest:
             yield b"".join(data_event(_dump(rec.obj), rec.name) for rec in rest)
+
+
+async def _singly(
+    items: AsyncIterator[bytes | SSERecord],
+) -> AsyncIterator[list[bytes | SSERecord]]:
+    async for item in items:
+        yield [item]
 
 
 def _sniff(data: bytes, name: str | None) -> str | None:
