@@ -47,11 +47,14 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_decode = json.JSONDecoder(parse_constant=_no_constant).decode
+
+
 def load(data: bytes) -> tuple[str, Any]:
     """The document as text and as a parsed value; TextFormatError when it is not JSON."""
     try:
         text = data.decode("utf-8")
-        return text, json.loads(text, parse_constant=_no_constant)
+        return text, _decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TextFormatError(f"the data is not JSON: {exc}") from None
 

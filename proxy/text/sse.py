@@ -34,6 +34,10 @@ class SSERecord:
     def __init__(self, lines: list[bytes], complete: bool) -> None:
         self.lines = lines  # the last one is the blank line when complete
         self.complete = complete
+        if len(lines) == 2 and complete and lines[0].startswith(b"data: "):
+            self.data = lines[0][6:].rstrip(b"\r\n")  # the usual event: one data line
+            self.name = None
+            return
         data: list[bytes] | None = None
         name: bytes | None = None
         for line in lines:
