@@ -215,3 +215,26 @@ def test_tls_files_are_checked_at_load(tmp_path) -> None:
         )
     )
     assert any(p.startswith("upstreams.api.tls.ca_file: the CA file does not load") for p in found)
+
+
+def test_text_problems_name_the_route_key_path() -> None:
+    from proxy.config import ConfigError, validate_data
+
+    data = {
+        "upstreams": {"u": {"targets": ["http://127.0.0.1:1"]}},
+        "routes": [
+            {"upstream": "u", "text": "openai", "request_text": "anthropic"},
+            {"upstream": "u", "request_text": {"format": "json", "fields": ["messages[x]"]}},
+        ],
+    }
+    with pytest.raises(ConfigError) as err:
+        validate_data(data)
+    assert err.value.problems == [
+        "routes[1].request_text.fields[0]: cannot read the selector 'messages[x]' at position 8"
+    ]
+    del data["routes"][1]
+    config = validate_data(data)
+    assert (str(config.routes[0].text), str(config.routes[0].request_text)) == (
+        "openai",
+        "anthropic",
+    )

@@ -615,3 +615,55 @@ async def test_event_transforms_drop_edit_and_add_events() -> None:
     assert out == (
         b"event: shout\ndata: HI [REDACTED]\n\ndata: keep\r\n\r\nevent: end\ndata: bye\n\n"
     )
+
+
+@SETTINGS
+@given(data=st.data())
+async def test_gemini_streamed_as_a_json_array(data: st.DataObject) -> None:
+    answer = data.draw(answers())
+    pieces = data.draw(deltas(answer)) or [""]
+    chunks = [
+        {"candidates": [{"content": {"parts": [{"text": d}], "role": "model"}, "index": 0}]}
+        for d in pieces
+    ]
+    if data.draw(st.booleans()):
+        chunks[-1]["candidates"][0]["finishReason"] = "STOP"
+    body = ("[" + ",\r\n".join(json.dumps(c, ensure_ascii=False) for c in chunks) + "]").encode()
+    out = await run(data.draw(chunkings(body)), "gemini", "redact+hold", media="application/json")
+    got = json.loads(out)
+    text = "".join(p["text"] for o in got for c in o["candidates"] for p in c["content"]["parts"])
+    assert text == reference(answer, "redact")
+    assert len(got) - len(chunks) in (0, 1)
+
+
+async def test_auto_reads_other_ndjson_as_one_body() -> None:
+    body = b'{"log": "password=abc"}\n{"log": "x"}\n'
+    out = await run([body[:5], body[5:]], "auto", "redact", media="application/x-ndjson")
+    assert out == redact_reference(body, PATTERNS)
+
+
+async def test_auto_reads_other_json_as_one_body() -> None:
+    body = b'{"choices": [{"message": {"content": "password=abc"}}]}'
+    out = await run([body], "auto", "redact", media="application/json")
+    assert out == redact_reference(body, PATTERNS)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("opnai", "text: unknown text mode 'opnai' (did you mean 'openai'?)"),
+        ({"format": "json", "fields": ["a"], "join": True}, "text.join: a JSON document has no"),
+        ({"format": "sse", "fields": ["a..b"]}, "text.fields[0]: an empty key in the selector"),
+        ({"format": "xml", "fields": ["a"]}, "text.format: unknown format 'xml'"),
+        ({"format": "ndjson"}, "text.fields: required key is missing for format ndjson"),
+        ({"preset": "gemni"}, "text.preset: unknown preset 'gemni' (did you mean 'gemini'?)"),
+        ({"preset": "openai", "fields": ["a"]}, "text.fields: a preset knows its own fields"),
+        ({"format": "sse", "fields": ["a"], "max_event": "lots"}, "text.max_event:"),
+        ({"format": "sse", "fieldz": ["a"]}, "text.fieldz: unknown key (did you mean 'fields'?)"),
+        (3, "text: must be a mode name"),
+    ],
+)
+def test_bad_text_values_are_config_errors_with_key_paths(value: Any, problem: str) -> None:
+    problems: list[str] = []
+    assert parse_text(value, "text", problems) is None
+    assert any(p.startswith(problem) for p in problems), problems
