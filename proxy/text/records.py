@@ -15,7 +15,7 @@ import copy
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from .jsonvalues import get_path, load, paths_of, rewrite, set_path
+from .jsonvalues import load, paths_of, rewrite, set_path
 from .selectors import Path, Selector
 from .sink import TextSink
 
@@ -159,7 +159,3 @@ class JsonTexts:
         for key in list(self._streams):
             await self._close(key, out)
         return out
-
-
-def value_at(rec: Record, path: Path) -> Any:
-    return get_path(rec.obj, path)
