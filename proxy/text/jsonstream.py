@@ -31,6 +31,14 @@ _HIGH_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}")
 _NUMBER_CHARS = re.compile(r"[-+.0-9eE]*")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Fast paths for the common case, each one step of the state machine: a value with no escape
+# inside an array or object and what follows it up to the next value or closing bracket; a key
+# with no escape and its colon. What they do not match, the general steps read.
+_FAST_VALUE = re.compile(
+    r'[ \t\n\r]*(?:(")[^"\\\x00-\x1f]*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?'
+    r"|true|false|null)[ \t\n\r]*(?:(,)[ \t\n\r]*|(?=[\]}]))"
+)
+_FAST_KEY = re.compile(r'[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*:[ \t\n\r]*')
 _LITERALS = {"t": "true", "f": "false", "n": "null"}
 
 # What the rewriter expects next.
@@ -162,11 +170,39 @@ class JsonRewriter:
         pos = emit = 0  # buf[emit:pos] is input read and checked but not yet in out
         stack, path = self._stack, self._path
         mode, close_ok = self._mode, self._close_ok
+        depths, selectors, max_token = self._depths, self._selectors, self._max_token
         if self._fresh and n:
             self._fresh = False
             if buf[0] == "\ufeff":
                 pos = 1
         while pos < n:
+            if mode == _VALUE and stack:
+                m = _FAST_VALUE.match(buf, pos)
+                if m is not None and (
+                    m.start(1) < 0
+                    or len(path) not in depths
+                    or not any(matches(s, tuple(path)) for s in selectors)
+                ):
+                    pos = m.end()
+                    if m.start(2) < 0:  # a closing bracket follows
+                        mode = _AFTER
+                    elif stack[-1]:
+                        mode = _KEY
+                    else:
+                        path[-1] += 1  # type: ignore[operator]
+                    close_ok = False
+                    continue
+            elif mode == _KEY:
+                m = _FAST_KEY.match(buf, pos)
+                if m is not None:
+                    key = m.group(1)
+                    if len(key) > max_token >> 2 and len(key.encode()) > max_token:
+                        raise self._error(f"a key longer than {max_token} bytes", pos)
+                    path[-1] = key
+                    pos = m.end()
+                    mode = _VALUE
+                    close_ok = False
+                    continue
             if mode == _STRING:
                 end = _RUN.match(buf, pos).end()
                 done = False
