@@ -533,6 +533,14 @@ def _literal_replacement(compiled: re.Pattern[str], replacement: str) -> str:
 # streaming
 
 
+@functools.lru_cache(maxsize=256)
+def _expander(replacement: str) -> Callable[[re.Match[str]], str]:
+    """What a match is replaced by; one function per template, shared by every stream."""
+    if "\\" in replacement:
+        return lambda m: m.expand(replacement)
+    return lambda m: replacement
+
+
 class _Stage:
     """One pattern applied to a stream of text."""
 
@@ -555,11 +563,7 @@ class _Stage:
         self._max = max_match
         self._keep = max(max_match, spec.context)
         self._literal = _literal_replacement(spec.re, replacement)
-        self._expand: Callable[[re.Match[str]], str]
-        if "\\" in replacement:
-            self._expand = lambda m: m.expand(replacement)
-        else:
-            self._expand = lambda m: replacement
+        self._expand = _expander(replacement)
         self._buf = ""  # consumed context + held text
         self._cur = 0  # where the held text starts in _buf
         self._must_advance = False  # the last commit was an empty match ending at _cur
@@ -797,6 +801,8 @@ def _literal_stages(
 
 class RedactStream:
     """One body: bytes in, bytes out (decoding, the chain of stages, encoding, counting)."""
+
+    __slots__ = ("_ctx", "_decoder", "_encoder", "_on_bytes", "redactions", "stages")
 
     def __init__(self, specs: Sequence[_Spec], options: Options, ctx: Any = None) -> None:
         codec = codec_for(getattr(ctx, "charset", None))

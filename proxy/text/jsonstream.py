@@ -39,6 +39,7 @@ _FAST_VALUE = re.compile(
     r"|true|false|null)[ \t\n\r]*(?:(,)[ \t\n\r]*|(?=[\]}]))"
 )
 _FAST_KEY = re.compile(r'[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*:[ \t\n\r]*')
+_FAST_AFTER = re.compile(r"[ \t\n\r]*(?:([\]}])[ \t\n\r]*)?(?:(,)[ \t\n\r]*)?")
 _LITERALS = {"t": "true", "f": "false", "n": "null"}
 
 # What the rewriter expects next.
@@ -178,7 +179,10 @@ class JsonRewriter:
         while pos < n:
             if mode == _VALUE and stack:
                 m = _FAST_VALUE.match(buf, pos)
-                if m is not None and (
+                if (
+                    m is not None
+                    and m.end() - pos <= max_token  # or the general steps check its length
+                ) and (
                     m.start(1) < 0
                     or len(path) not in depths
                     or not any(matches(s, tuple(path)) for s in selectors)
@@ -201,6 +205,27 @@ class JsonRewriter:
                     path[-1] = key
                     pos = m.end()
                     mode = _VALUE
+                    close_ok = False
+                    continue
+            elif mode == _AFTER:
+                m = _FAST_AFTER.match(buf, pos)  # always matches, maybe nothing
+                closer, comma = m.group(1), m.start(2) >= 0
+                if (
+                    (comma or closer)
+                    and (not closer or closer == ("}" if stack[-1] else "]"))
+                    and not (closer and comma and len(stack) == 1)
+                ):
+                    if closer:
+                        stack.pop()
+                        path.pop()
+                    pos = m.end()
+                    if not comma:
+                        mode = _AFTER if stack else _END
+                    elif stack[-1]:
+                        mode = _KEY
+                    else:
+                        path[-1] += 1  # type: ignore[operator]
+                        mode = _VALUE
                     close_ok = False
                     continue
             if mode == _STRING:

@@ -95,7 +95,9 @@ class JsonTexts:
         self._open = open_stream
         self._whole = whole
         self._streams: dict[Key, TextSink] = {}
-        self._last: dict[Key, Record] = {}
+        # the record that carried each open text's last value, as it came (parsed again only
+        # if a remainder needs its shape): a few hundred bytes, not a parsed object, per text
+        self._last: dict[Key, tuple[bytes, str | None]] = {}
 
     async def record(
         self, data: bytes, name: str | None = None
@@ -129,7 +131,7 @@ class JsonTexts:
             if stream is None:
                 stream = self._streams[key] = self._open()
             out = await stream.feed(value)
-            self._last[key] = rec
+            self._last[key] = (data, name)
             if key in ending:
                 out += await stream.close()
                 del self._streams[key]
@@ -148,10 +150,10 @@ class JsonTexts:
 
     async def _close(self, key: Key, before: list[Record]) -> None:
         stream = self._streams.pop(key)
-        last = self._last.pop(key)
+        data, name = self._last.pop(key)
         rest = await stream.close()
         if rest:
-            before.append(self.policy.remainder(key, rest, last))
+            before.append(self.policy.remainder(key, rest, Record(load(data)[1], name)))
 
     async def finish(self) -> list[Record]:
         """The end of the body (or a sentinel): every open text ends; their remainders."""
