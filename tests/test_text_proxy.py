@@ -133,6 +133,8 @@ async def test_a_sample_of_random_splits_through_the_proxy_matches_the_reference
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
     assert text == redact_reference(answer.encode(), [KEY]).decode()
     assert SECRET.encode() not in out
+    async with aiohttp.ClientSession() as s, s.get(proxy.admin_url("/metrics")) as r:
+        assert 'proxy_redactions_total{route="llm"} 1.0' in await r.text()
 
 
 async def test_data_that_is_not_json_aborts_the_stream_as_a_transform_error(
