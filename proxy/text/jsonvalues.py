@@ -21,6 +21,7 @@ from .selectors import ANY, Path, Selector
 __all__ = ["dumps", "get_path", "load", "paths_of", "rewrite", "select", "set_path"]
 
 _scan_once = scanner.make_scanner(decoder.JSONDecoder())
+_quote = json.encoder.encode_basestring  # a str as a JSON string, as json.dumps writes it
 _scanstring = decoder.scanstring
 _WS = re.compile(r"[ \t\n\r]*")
 _ws = _WS.match
@@ -99,11 +100,14 @@ def rewrite(doc: str, values: Mapping[Path, str], old: Mapping[Path, str] | None
     if old is not None and "\\u" not in doc and "\\/" not in doc:
         out = doc
         for path, value in values.items():
-            token = json.dumps(old[path], ensure_ascii=False)
+            token = _quote(old[path])
             at = out.find(token)
             if at < 0 or out.find(token, at + 1) >= 0:
                 break
-            out = f"{out[:at]}{dumps(value)}{out[at + len(token) :]}"
+            new = _quote(value)
+            if _ESCAPED.search(new):
+                new = _escape_special(new)
+            out = f"{out[:at]}{new}{out[at + len(token) :]}"
         else:
             return out
     trie: dict[Any, Any] = {}

@@ -103,7 +103,7 @@ class JsonTexts:
         self, data: bytes, name: str | None = None
     ) -> tuple[list[Record], bytes | None]:
         """``(records to write before it, its new data or None when unchanged)``."""
-        if data.strip() in SENTINELS:
+        if data[:1] != b"{" and data.strip() in SENTINELS:
             return await self.finish(), None
         doc, obj = load(data)
         rec = Record(obj, name)
