@@ -667,3 +667,29 @@ def test_bad_text_values_are_config_errors_with_key_paths(value: Any, problem: s
     problems: list[str] = []
     assert parse_text(value, "text", problems) is None
     assert any(p.startswith(problem) for p in problems), problems
+
+
+async def test_request_fields_of_every_preset() -> None:
+    secret = SECRETS[0]
+    bodies = {
+        "gemini": {
+            "contents": [{"role": "user", "parts": [{"text": f"a {secret}"}, {"inlineData": {}}]}],
+            "systemInstruction": {"parts": [{"text": f"s {secret}"}]},
+        },
+        "anthropic": {
+            "system": [{"type": "text", "text": f"s {secret}"}],
+            "messages": [{"role": "user", "content": f"a {secret}"}],
+        },
+        "ollama": {"prompt": f"a {secret}", "system": f"s {secret}", "model": secret},
+        "openai": {"input": [{"role": "user", "content": f"a {secret}"}], "instructions": secret},
+    }
+    for preset, body in bodies.items():
+        raw = json.dumps(body).encode()
+        out = await run([raw], preset, "redact", media="application/json", direction="request")
+        sent = json.loads(out)
+        flat = json.dumps(sent)
+        if preset == "ollama":  # model is not a prompt field: it passes as it came
+            assert sent["model"] == secret and flat.count(secret) == 1
+        else:
+            assert secret not in flat, preset
+        assert flat.count("[REDACTED]") == 2, preset
