@@ -27,6 +27,8 @@ X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
 X_FORWARDED_HOST = istr("X-Forwarded-Host")
 X_REQUEST_ID = istr("X-Request-ID")
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
+# What never goes into a header: the control bytes but HTAB (CR, LF and NUL among them).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 # New ids: 32 hex digits, a random per-process prefix and a counter; unique across processes
@@ -72,6 +74,15 @@ def end_to_end(
             continue
         out.add(key, value)
     return out
+
+
+def has_control(text: str) -> bool:
+    """Does a header name or value hold a control byte other than HTAB?
+
+    obs-text (bytes 0x80-0xFF, held as surrogate escapes or UTF-8 text) is not one: RFC 9110
+    §5.5 allows it in values, and it is relayed as the bytes that came.
+    """
+    return _CONTROL.search(text) is not None
 
 
 def undecodable(text: str) -> bool:

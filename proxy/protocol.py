@@ -12,9 +12,15 @@
    between requests is left to aiohttp's ``keepalive_timeout``, as before. A client that
    dribbles its head (a byte a second) is dropped without an answer. ``0`` disables it.
 3. **A framing gate.** What aiohttp's parser accepts but a proxy must not relay (HTTP/0.9 and
-   HTTP/2.0 request lines, transfer codings other than ``chunked``, header bytes that are not
-   UTF-8) is refused the same way, before the relay sees the request: see
-   :func:`framing_problem`.
+   HTTP/2.0 request lines, transfer codings other than ``chunked``, header names that are not
+   tokens, control bytes other than HTAB in a value) is refused the same way, before the relay
+   sees the request: see :func:`framing_problem`.
+4. **Heads as they were.** :class:`RelayedResponse` writes a relayed response's head itself,
+   byte for byte (obs-text included), and without the headers aiohttp would invent
+   (``Content-Type: application/octet-stream``, ``Server``); the proxy's own responses carry no
+   ``Server`` either (:class:`ProxyRequest`).
+
+This is the one module that uses aiohttp's server internals; each use is commented.
 
 :class:`ProxyWebServer` is a drop-in ``web.Server`` whose connections use that handler::
 
@@ -29,16 +35,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import error_body
-from .headers import undecodable
+from .headers import has_control, undecodable
 
 log = logging.getLogger("proxy.protocol")
 
@@ -197,8 +203,10 @@ def framing_problem(message: RawRequestMessage) -> tuple[int, str] | None:
     - A ``Transfer-Encoding`` other than exactly ``chunked``: the proxy re-frames every body, so
       a coding below ``chunked`` (``gzip, chunked``) would silently go upstream as identity (501).
       In HTTP/1.0 any ``Transfer-Encoding`` makes the framing faulty (RFC 9112 §6.1, 400).
-    - Header names or values that are not valid UTF-8: aiohttp would re-encode them lossily
-      (the C writer drops the undecodable bytes), so the upstream would see different bytes.
+    - Header names that are not valid UTF-8 (llhttp refuses them before us), and control bytes
+      other than HTAB in a value (CR, LF and NUL are the parser's; the others are ours). Values
+      with obs-text (0x80-0xFF) pass: they are kept as the bytes that came and sent upstream as
+      such (:meth:`proxy.upstream.Upstream.send`), never decoded into text.
     """
     headers = message.headers
     if not isinstance(headers, CIMultiDictProxy):
@@ -216,8 +224,10 @@ def framing_problem(message: RawRequestMessage) -> tuple[int, str] | None:
         if tokens != ["chunked"]:
             return 501, "only 'Transfer-Encoding: chunked' is supported"
     for name, value in headers.items():
-        if undecodable(name) or undecodable(value):
-            return 400, "a header name or value is not valid UTF-8"
+        if undecodable(name):
+            return 400, "a header name is not a token"
+        if has_control(value):
+            return 400, "a header value holds a control character"
     return None
 
 
@@ -267,7 +277,7 @@ class ProxyWebServer(web.Server):
         if refusal is not None:
             # Answer in HTTP/1.0, like aiohttp's own parser errors, whatever the line claimed.
             message = message._replace(version=HttpVersion10, should_close=True)
-        request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+        request = ProxyRequest(message, payload, protocol, writer, task, self._loop)
         if refusal is not None:
             request[_REFUSAL] = refusal
         return request
@@ -287,6 +297,67 @@ class ProxyWebServer(web.Server):
 
 async def _refuse(status: int, detail: str) -> web.StreamResponse:
     return json_error(status, detail)
+
+
+class ProxyRequest(web.BaseRequest):
+    """A request of the proxy listener: the responses the proxy makes itself (errors, the
+    WebSocket handshake) carry no ``Server`` header."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        # aiohttp internals: StreamResponse._start() awaits this hook after _prepare_headers()
+        # added its defaults and before the head is serialized.
+        if not isinstance(response, RelayedResponse):
+            response.headers.popall(hdrs.SERVER, None)
+
+
+class RelayedResponse(web.StreamResponse):
+    """A relayed response: its head goes out as the upstream's bytes, with no invented header.
+
+    aiohttp's ``_prepare_headers`` adds ``Content-Type: application/octet-stream`` to a body
+    without one (browsers then stop sniffing it) and its own ``Server``; both are taken out
+    again unless they were there before. ``Date`` it adds only when missing, as RFC 9110 §6.6.1
+    asks of a proxy. Header values hold the upstream's bytes as ``surrogateescape`` text (see
+    :mod:`proxy.h1client`); aiohttp's C serializer would drop the escaped bytes, so the head is
+    serialized here instead, refusing what is not a header (CR, LF, control bytes but HTAB).
+    """
+
+    async def _prepare_headers(self) -> None:
+        # aiohttp internals: the defaults are added here; _headers is the response's multidict.
+        headers = self._headers
+        had_type = hdrs.CONTENT_TYPE in headers
+        had_server = hdrs.SERVER in headers
+        await super()._prepare_headers()
+        if not had_type:
+            headers.popall(hdrs.CONTENT_TYPE, None)
+        if not had_server:
+            headers.popall(hdrs.SERVER, None)
+
+    async def _write_headers(self) -> None:
+        # aiohttp internals: the same as StreamResponse._write_headers, with our serializer in
+        # place of StreamWriter.write_headers (it keeps the serialized head in _headers_buf
+        # until send_headers() or the first body write).
+        request = self._req
+        writer = self._payload_writer
+        assert request is not None and writer is not None
+        version = request.version
+        status_line = f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}"
+        writer._headers_buf = serialize_head(status_line, self._headers)  # type: ignore[attr-defined]
+        writer._headers_written = False  # type: ignore[attr-defined]
+        if self._send_headers_immediately:
+            writer.send_headers()
+
+
+def serialize_head(status_line: str, headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bytes:
+    """A response head as bytes: each header's text back to the bytes it stands for."""
+    lines = [status_line]
+    for name, value in headers.items():
+        if has_control(name) or has_control(value) or ":" in name:
+            raise ValueError("a control character in a response header")
+        lines.append(f"{name}: {value}")
+    if has_control(status_line):
+        raise ValueError("a control character in the status line")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
 def json_error(status: int, detail: str, request_id: str | None = None) -> web.Response:

@@ -41,11 +41,12 @@ from .headers import (
     X_FORWARDED_PROTO,
     X_REQUEST_ID,
     end_to_end,
+    has_control,
     request_id,
-    undecodable,
 )
 from .metrics import Metrics
 from .pipeline import BodyPlan, filter_accept_encoding, plan_body, read_failure, upstream_body
+from .protocol import RelayedResponse
 from .routing import Route, has_dot_segment
 from .text.errors import TextFormatError
 from .transform_api import TransformContext
@@ -326,9 +327,10 @@ class Relay:
         upstream_headers = upstream_resp.take_headers()
         headers = end_to_end(upstream_headers)
         for value in headers.values():
-            if undecodable(value):
-                # aiohttp's writer would drop the undecodable bytes: refuse, don't alter.
-                raise UpstreamUnavailable("upstream sent a header value that is not UTF-8")
+            if has_control(value):
+                # llhttp refuses CR, LF and NUL; no other control byte but HTAB goes out either.
+                # obs-text passes, as its bytes (see RelayedResponse).
+                raise UpstreamUnavailable("upstream sent a control character in a header value")
         headers[X_REQUEST_ID] = rid
         plan = None
         if route.chains.response and _has_body(request.method, upstream_resp.status):
@@ -351,7 +353,7 @@ class Relay:
         # When the body's first bytes are already here and go out untransformed, the head can
         # leave in the same write as them: one system call less, and no later for the client.
         ready = plan is None and upstream_resp.ready
-        response = (_HeadWithBody if ready else web.StreamResponse)(
+        response = (_HeadWithBody if ready else RelayedResponse)(
             status=upstream_resp.status, reason=upstream_resp.reason, headers=headers
         )
         return response, plan
@@ -419,7 +421,7 @@ async def _rejecting(body: AsyncIterator[bytes], state: BodyState) -> AsyncItera
         raise state.error from exc
 
 
-class _HeadWithBody(web.StreamResponse):
+class _HeadWithBody(RelayedResponse):
     """A response whose head is written together with the first body bytes (or the end)."""
 
     _send_headers_immediately = False
