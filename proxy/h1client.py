@@ -7,6 +7,14 @@ the socket stops being read until the consumer takes them. Once llhttp has read 
 response framed by one ``Content-Length``, later reads of its body are counted off as they
 are, without passing through the parser (which would copy each into a new bytes object).
 
+A request body is sent by a task of its own while the response is read (full duplex, RFC 9112
+§9.5): an upstream may answer before the body ended, and its head and body are relayed at once
+while the body keeps going to it, until the body ends or the upstream closes. A head that
+arrived is never lost to a reset under the upload: when the connection breaks while a body is
+sent, what the kernel still holds of the response is read before the exchange is judged (see
+:meth:`H1Connection._salvage`). A connection is reused only when both sides ended cleanly: the
+response as framed, and the whole request body sent.
+
 Failures are the exceptions below, each with a fixed text: what an upstream sent never reaches
 an error message. :mod:`proxy.h1pool` keeps idle connections; :mod:`proxy.upstream` turns these
 exceptions into :mod:`proxy.errors`.
@@ -15,6 +23,8 @@ exceptions into :mod:`proxy.errors`.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import AsyncIterator, Hashable
 from typing import TYPE_CHECKING, cast
 
@@ -26,6 +36,7 @@ if TYPE_CHECKING:
 
 HIGH_WATER = 2**16  # body bytes buffered per response before the socket stops being read
 MAX_HEAD = 2**16  # bytes an unfinished response head may take before it is refused
+SALVAGE = 2**22  # bytes read at most from a broken connection's receive buffer
 
 _NO_HEADERS: CIMultiDict[str] = CIMultiDict()
 
@@ -110,7 +121,9 @@ class H1Response:
         "_chunks",
         "_conn",
         "_error",
+        "_sender",
         "_waiter",
+        "body_sent",
         "close_delimited",
         "head_only",
         "headers",
@@ -131,8 +144,11 @@ class H1Response:
         self.keep_alive = False
         self._chunks: list[bytes] = []
         self._buffered = 0
-        self._error: H1Error | None = None
+        # An H1Error, or what the request body raised (the client's fault) before the head.
+        self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._sender: asyncio.Task[None] | None = None  # sends the request body
+        self.body_sent = False  # the whole request body went to the socket
 
     def take_headers(self) -> CIMultiDict[str]:
         """The response headers, handed over: the response keeps none (a stream can last for
@@ -180,6 +196,13 @@ class H1Response:
         if conn is not None:
             conn.finish(self, False)
 
+    async def settled(self) -> None:
+        """Wait until the request body's sender stopped (``release()`` and ``close()`` cancel
+        it when it has not): after this the body stream is no longer in use."""
+        sender = self._sender
+        if sender is not None and not sender.done():
+            await asyncio.wait((sender,))
+
     # -- fed by the connection --------------------------------------------------------------
 
     def _wake(self) -> None:
@@ -187,7 +210,7 @@ class H1Response:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _fail(self, error: H1Error) -> None:
+    def _fail(self, error: BaseException) -> None:
         if self._error is None and self.state != DONE:
             self._error = error
             waiter = self._waiter
@@ -213,6 +236,7 @@ class H1Connection(asyncio.Protocol):
         "_parser",
         "_reason",
         "_resp",
+        "_spare",
         "_timer",
         "_timing",
         "idle_since",
@@ -249,6 +273,7 @@ class H1Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timing = False
         self._drain: asyncio.Future[None] | None = None
+        self._spare: socket.socket | None = None  # a duplicate of the socket while a body is sent
 
     # -- the exchange ----------------------------------------------------------------------
 
@@ -262,10 +287,10 @@ class H1Connection(asyncio.Protocol):
         return resp
 
     def write(self, data: bytes) -> None:
-        if self.lost:
+        transport = self.transport
+        if self.lost or transport is None or transport.is_closing():
             raise Disconnected("the connection closed while the request was sent")
-        assert self.transport is not None
-        self.transport.write(data)
+        transport.write(data)
 
     async def drain(self) -> None:
         """Wait while the socket's write buffer is over its high-water mark."""
@@ -278,33 +303,50 @@ class H1Connection(asyncio.Protocol):
         if self.lost:
             raise Disconnected("the connection closed while the request was sent")
 
-    async def send_body(self, body: AsyncIterator[bytes], chunked: bool) -> None:
-        """Stream a request body; stops early once the response head came (then the connection
-        is not reused: the upstream did not wait for the rest)."""
-        resp = self._resp
-        assert resp is not None
-        async for chunk in body:
-            if resp.state != HEAD:
-                break
-            if not chunk:
-                continue
-            if chunked:
-                self.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            else:
-                self.write(chunk)
-            await self.drain()
-            if resp.state != HEAD:
-                break
-        else:
+    def start_body(self, resp: H1Response, body: AsyncIterator[bytes], chunked: bool) -> None:
+        """Start sending a request body, in a task of its own, while the response is read."""
+        self._keep_spare()
+        resp._sender = self.loop.create_task(self.send_body(resp, body, chunked))
+
+    async def send_body(self, resp: H1Response, body: AsyncIterator[bytes], chunked: bool) -> None:
+        """Stream a request body to its end, whatever the response does meanwhile.
+
+        It stops when the connection closes (the upstream stopped reading: the response is
+        judged on what arrived) or when it is cancelled (the response was done with first). A
+        body that fails is the client's fault: before the head, the request fails with that
+        error; after it, the response is cut (the upstream never got the whole request).
+        """
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                if chunked:
+                    self.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                else:
+                    self.write(chunk)
+                await self.drain()
             if chunked:
                 self.write(b"0\r\n\r\n")
-            return
-        self.spoiled = True
+            resp.body_sent = True
+            self._drop_spare()
+            if resp.state == HEAD and resp._error is None:
+                self._time()  # the head is due within read_timeout of the body's end
+            await self.drain()
+        except Disconnected:
+            pass  # connection_lost decides the response's fate
+        except Exception as exc:
+            if resp.state == HEAD:
+                resp._fail(exc)
+            else:
+                resp._fail(BodyIncomplete())
+            self.close()
 
     async def response_head(self, resp: H1Response) -> None:
-        """Wait (timed by read_timeout) until the response head is complete."""
+        """Wait until the response head is complete: timed by read_timeout from the end of the
+        request body (not while it is still being sent)."""
         if resp.state == HEAD and resp._error is None:
-            self._time()
+            if resp._sender is None or resp.body_sent:
+                self._time()
             waiter = resp._waiter = self.loop.create_future()
             try:
                 await waiter
@@ -318,6 +360,12 @@ class H1Connection(asyncio.Protocol):
         if self._resp is resp:
             self._resp = None
         self._timing = False
+        sender = resp._sender
+        if sender is not None and not sender.done():
+            sender.cancel()  # the response came first: the rest of the body is not sent
+        if not resp.body_sent and sender is not None:
+            reusable = False  # the upstream did not get the whole request
+        self._drop_spare()
         if reusable and not (self.lost or self.paused or self.spoiled):
             self.pool.put(self)
         else:
@@ -325,6 +373,7 @@ class H1Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self._timing = False
+        self._drop_spare()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -337,8 +386,10 @@ class H1Connection(asyncio.Protocol):
     def pause(self) -> None:
         self.paused = True
         self._timing = False
-        assert self.transport is not None
-        self.transport.pause_reading()
+        transport = self.transport
+        assert transport is not None
+        if not transport.is_closing():
+            transport.pause_reading()
 
     def resume(self) -> None:
         self.paused = False
@@ -377,6 +428,8 @@ class H1Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._spare is not None:
+            self._salvage()
         self.lost = True
         self._timing = False
         if self._timer is not None:
@@ -395,6 +448,52 @@ class H1Connection(asyncio.Protocol):
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
+
+    # -- a head under an upload ---------------------------------------------------------------
+
+    def _keep_spare(self) -> None:
+        """Keep a duplicate of the socket while a request body is sent.
+
+        A reset under the upload (an upstream that answered early and closed without reading
+        the rest) breaks a write; the event loop then closes the transport at once, with the
+        response it already received unread in the socket. The duplicate lets
+        :meth:`_salvage` read it: asyncio's transports give no read after a write failed.
+        ``get_extra_info("socket")`` is public on asyncio's and uvloop's transports.
+        """
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or self._spare is not None:
+            return
+        try:
+            self._spare = socket.socket(fileno=os.dup(sock.fileno()))
+            self._spare.setblocking(False)
+        except OSError:
+            self._spare = None
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
+
+    def _salvage(self) -> None:
+        """The connection broke while a body was sent: what it received is the response's."""
+        spare, self._spare = self._spare, None
+        assert spare is not None
+        try:
+            taken = 0
+            while taken < SALVAGE:
+                resp = self._resp
+                if resp is None or resp.state == DONE or resp._error is not None:
+                    break
+                data = spare.recv(2**16)
+                if not data:
+                    break
+                taken += len(data)
+                self.data_received(data)
+        except OSError:
+            pass  # nothing more is readable (EAGAIN), or the reset itself
+        finally:
+            spare.close()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -480,9 +579,8 @@ class H1Connection(asyncio.Protocol):
             resp._wake()
             raise _Stop
         resp.state = BODY
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_result(None)  # a request body still being sent is cut short
+        if not self._timing:
+            self._time()  # an early answer, the request body still going: its body is timed
         if status != 204 and status != 304:
             length = resp.headers.getall("Content-Length", ())
             if not length:

@@ -64,7 +64,8 @@ class H1Pool:
         fresh: bool = False,
     ) -> H1Response:
         """Send a request on an idle connection (unless ``fresh``) or a new one; return once
-        its response head arrived.
+        its response head arrived, the body perhaps still being sent (see
+        :meth:`H1Response.settled`).
 
         Raises :class:`StaleConnection` when a reused connection ended before the response head:
         whether to try again on a new one (``fresh``) is the caller's call.
@@ -79,15 +80,17 @@ class H1Pool:
         try:
             conn.write(head)
             if body is not None:
-                await conn.send_body(body, chunked)
+                conn.start_body(resp, body, chunked)  # sent while the head is awaited
             await conn.response_head(resp)
         except Disconnected as exc:
             resp.close()
+            await resp.settled()
             if reused:
                 raise StaleConnection() from exc
             raise
         except BaseException:
             resp.close()
+            await resp.settled()
             raise
         return resp
 

@@ -274,16 +274,19 @@ class Relay:
             self._mid_stream_failure(request, route, exc, rid, rec)
             return response
         finally:
-            rec.bytes_in = body_state.received
-            if request_plan is not None:
-                await request_plan.aclose()
-            if plan is not None:
-                await plan.aclose()
             if upstream_resp is not None:
                 if done:
                     upstream_resp.release()
                 else:
                     upstream_resp.close()
+                # The request body may still have been streaming upstream (full duplex): its
+                # sender is stopped before the body's generators are closed under it.
+                await upstream_resp.settled()
+            rec.bytes_in = body_state.received
+            if request_plan is not None:
+                await request_plan.aclose()
+            if plan is not None:
+                await plan.aclose()
 
     async def _continue(self, request: web.BaseRequest) -> None:
         expect = request.headers.get("Expect")

@@ -8,11 +8,14 @@ servers where a behaviour is theirs); clients speak raw HTTP/1.1 where the bytes
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
 
 import pytest
 
 from .conftest import MakeProxy, Proxy
-from .test_fault_injection import RawUpstream, raw_upstream, sends
+from .test_fault_injection import RawUpstream, Reply, raw_upstream, reset, sends
 from .test_hardening import assert_json_error, exchange, parse_answers
 
 ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
@@ -188,3 +191,211 @@ async def test_requests_latin1_header_reaches_the_upstream(make_proxy: MakeProxy
         status, body = await asyncio.to_thread(get)
     assert status == 200
     assert b"\r\nX-Name: r\xe9sum\xe9\r\n" in body
+
+
+# -- full duplex and early answers --------------------------------------------------------------
+
+
+async def read_chunked_request_body(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The chunks of a chunked request body, as they arrive (bounded per read)."""
+    while True:
+        async with asyncio.timeout(5):
+            size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+            data = await reader.readexactly(size + 2)
+        if size == 0:
+            return
+        yield data[:-2]
+
+
+def answers_at_once_and_echoes() -> Reply:
+    """A 200 head at once, then one chunk per request-body chunk read (``got <bytes>``), then
+    the end once the request body ended: an upstream that needs full duplex."""
+
+    async def reply(
+        up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        await up.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        async for chunk in read_chunked_request_body(reader):
+            line = b"got " + chunk + b"\n"
+            writer.write(b"%x\r\n%b\r\n" % (len(line), line))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    return reply
+
+
+async def test_an_early_head_and_body_are_relayed_while_the_upload_goes_on(
+    make_proxy: MakeProxy,
+) -> None:
+    async with raw_upstream(answers_at_once_and_echoes()) as up:
+        proxy = await start(make_proxy, up)
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+            )
+            await writer.drain()
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 "), head
+                assert b"\r\ntransfer-encoding: chunked\r\n" in head.lower()
+                # The echo of the first chunk arrives before the client sends the second.
+                assert await reader.readuntil(b"got first\n")
+                writer.write(b"6\r\nsecond\r\n")
+                await writer.drain()
+                assert await reader.readuntil(b"got second\n")
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                assert await reader.readuntil(b"\r\n0\r\n\r\n")
+        finally:
+            writer.close()
+
+
+def answers_at_once_and_counts() -> Reply:
+    """A 200 head at once, then reads the whole Content-Length body and ends with its size and
+    the count of bytes it read: the upstream keeps reading after its answer."""
+
+    async def reply(
+        up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        while True:
+            head = await up.read_request(reader)
+            match = re.search(rb"(?i)\r\ncontent-length: (\d+)\r\n", head)
+            length = int(match.group(1)) if match else 0
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nstart\r\n")
+            await writer.drain()
+            left = length
+            while left:
+                async with asyncio.timeout(5):
+                    data = await reader.read(min(left, 2**16))
+                if not data:
+                    return
+                left -= len(data)
+            text = b"read %d" % length
+            writer.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(text), text))
+            await writer.drain()
+
+    return reply
+
+
+async def upload(
+    port: int, body_size: int, *, path: bytes = b"/", timeout: float = 10.0
+) -> tuple[bytes, bytes]:
+    """POST ``body_size`` bytes with Content-Length over a raw socket while reading the answer
+    (head, then its body to the end of its framing or EOF); the upload stops quietly if the
+    proxy closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST %b HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (path, body_size)
+    )
+    block = b"x" * 2**16
+
+    async def send() -> None:
+        with contextlib.suppress(ConnectionError):
+            left = body_size
+            while left:
+                n = min(left, len(block))
+                writer.write(block[:n])
+                left -= n
+                await writer.drain()
+
+    sender = asyncio.create_task(send())
+    try:
+        out = b""
+        async with asyncio.timeout(timeout):
+            with contextlib.suppress(ConnectionError):
+                while chunk := await reader.read(2**16):
+                    out += chunk
+        end = out.find(b"\r\n\r\n")
+        return out[: end + 4], out[end + 4 :]
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        writer.close()
+
+
+async def test_the_upload_keeps_going_after_an_early_head(make_proxy: MakeProxy) -> None:
+    size = 4 * 2**20
+    async with raw_upstream(answers_at_once_and_counts()) as up:
+        proxy = await start(make_proxy, up)
+        head, body = await upload(proxy.port, size)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"start" in body and b"read %d" % size in body and body.endswith(b"\r\n0\r\n\r\n")
+
+
+async def test_a_connection_that_answered_early_is_reused_once_both_sides_ended(
+    make_proxy: MakeProxy,
+) -> None:
+    async with raw_upstream(answers_at_once_and_counts()) as up:
+        proxy = await start(make_proxy, up)
+        for _ in range(3):
+            head, body = await upload(proxy.port, 4 * 2**20)
+            assert head.startswith(b"HTTP/1.1 200 ") and b"read 4194304" in body
+        assert up.connections == 1  # the whole body went, the response ended: kept alive
+
+
+def answers_401_unread(*, rst: bool, done: asyncio.Event | None = None) -> Reply:
+    """A 401 once some of the body came, the rest never read; then a reset, or the connection
+    kept open (unread) until ``done``."""
+
+    async def reply(
+        up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        await up.read_request(reader)
+        async with asyncio.timeout(5):
+            await reader.readexactly(2**16)  # the upload is under way
+        writer.write(
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n"
+            b"WWW-Authenticate: Bearer\r\n\r\ndenied"
+        )
+        if rst:
+            reset(writer)
+            return
+        await writer.drain()
+        assert done is not None
+        async with asyncio.timeout(10):
+            await done.wait()
+
+    return reply
+
+
+async def test_an_early_401_then_a_reset_under_the_upload_is_a_401(
+    make_proxy: MakeProxy,
+) -> None:
+    async with raw_upstream(answers_401_unread(rst=True)) as up:
+        proxy = await start(make_proxy, up)
+        results = await asyncio.gather(*(upload(proxy.port, 8 * 2**20) for _ in range(24)))
+        statuses = [head.split(b" ", 2)[1] for head, _ in results]
+        assert statuses == [b"401"] * 24, statuses
+        assert all(body == b"denied" for _, body in results)
+        assert up.connections == 24  # none retried
+        metrics = await exchange(
+            proxy.server.admin_port or 0, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 1.0
+        )
+    errors = [
+        line
+        for line in metrics.data.decode().splitlines()
+        if line.startswith("proxy_upstream_errors_total{")
+    ]
+    assert all(line.endswith(" 0.0") for line in errors), errors  # no target failure counted
+
+
+async def test_a_connection_that_answered_before_the_body_ended_is_not_reused(
+    make_proxy: MakeProxy,
+) -> None:
+    done = asyncio.Event()
+    async with raw_upstream(answers_401_unread(rst=False, done=done)) as up:
+        proxy = await start(make_proxy, up)
+        try:
+            for _ in range(2):
+                # More than the socket buffers hold: the upload is still going when 401 ends.
+                head, body = await upload(proxy.port, 32 * 2**20)
+                assert head.startswith(b"HTTP/1.1 401 ") and body == b"denied"
+        finally:
+            done.set()
+        assert up.connections == 2
