@@ -4,14 +4,16 @@ The handshake goes upstream first (routed like any request, the raw path kept by
 only when the upstream answers ``101`` is the client accepted, with the subprotocol the upstream
 chose. Then two pumps run, one per direction, relaying text, binary, ping, pong and close frames
 (close code and reason included). When one side closes, its close is passed on and the other
-side's answer waited for (bounded); when one side breaks or vanishes, the other is closed at
-once (within :data:`ABORT_GRACE`).
+side's answer waited for (bounded), and that answer, code and reason, goes back to the side that
+closed; when one side breaks or vanishes, the other is closed at once (within
+:data:`ABORT_GRACE`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import Coroutine
 from typing import Any, NamedTuple
 
@@ -66,14 +68,16 @@ async def relay_websocket(
     rec: AccessRecord,
 ) -> web.StreamResponse:
     """Relay one WebSocket session; ProxyErrors raised here happen before the upgrade."""
-    if request.method != "GET" or not web.WebSocketResponse().can_prepare(request).ok:
-        raise BadRequest("an invalid WebSocket handshake (method, Sec-WebSocket-Key or -Version)")
     protocols = [
         token.strip()
         for value in request.headers.getall("Sec-WebSocket-Protocol", ())
         for token in value.split(",")
         if token.strip()
     ]
+    # The check knows the offered subprotocols: aiohttp warns of every offer it does not share.
+    check = web.WebSocketResponse(protocols=protocols)
+    if request.method != "GET" or not check.can_prepare(request).ok:
+        raise BadRequest("an invalid WebSocket handshake (method, Sec-WebSocket-Key or -Version)")
     out: CIMultiDict[str] = CIMultiDict(
         (key, value) for key, value in headers.items() if key not in HANDSHAKE_HEADERS
     )
@@ -192,12 +196,19 @@ class _Session:
         ended = False
         try:
             done, _ = await asyncio.wait((c2u, u2c), return_when=asyncio.FIRST_COMPLETED)
-            first = c2u.result() if c2u in done else u2c.result()
-            await self._finish(first)
+            if c2u in done:
+                first, other = c2u.result(), u2c
+            else:
+                first, other = u2c.result(), c2u
+            # Decided: the end is bounded and runs to its end, even if the client's connection
+            # closes meanwhile (aiohttp then cancels the handler): a client that answers a close
+            # and hangs up at once still has its answer relayed.
             ended = True
+            await _despite_cancel(self._finish(first, other))
         except asyncio.CancelledError:
             # The client vanished (aiohttp cancels its handler), or the route's total timeout.
-            rec.outcome = "client_abort" if self.request.transport is None else "timeout"
+            if not ended:
+                rec.outcome = "client_abort" if self.request.transport is None else "timeout"
             raise
         finally:
             await _despite_cancel(self._cleanup(c2u, u2c, ended))
@@ -240,25 +251,48 @@ class _Session:
             except Exception:
                 return _End(dst_side, None)
 
-    async def _finish(self, end: _End) -> None:
-        """One pump ended: pass on a close (and await the answer) or close the other side."""
+    async def _finish(self, end: _End, other_pump: asyncio.Task[_End]) -> None:
+        """One pump ended: pass on a close (and its answer back) or close the other side."""
         rec = self.rec
         ender = self._leg(end.side)
         other = self.up if end.side == "client" else self.client
         if end.msg is not None:
-            # A close frame: relay it with its code and reason, await the other side's answer,
-            # then answer the closer by echoing its code.
+            # A close frame: relay it with its code and reason; the other side's pump goes on
+            # (the other side may still send messages) until that side answers with its own
+            # close, whose code and reason go back to the closer.
             code = _sendable(end.msg.data, WSCloseCode.OK)
             reason = (end.msg.extra or "").encode()
+            answer: _End | None = None
             with contextlib.suppress(Exception):
+                await other.send_frame(struct.pack("!H", code) + reason, WSMsgType.CLOSE)
                 async with asyncio.timeout(CLOSE_TIMEOUT + ABORT_GRACE):
-                    await other.close(code=code, message=reason)
-            await _close_fast(ender, code)
+                    answer = await asyncio.shield(other_pump)
+            if answer is not None and answer.msg is not None and answer.side != end.side:
+                # The closing handshake is complete on that side: close its connection (a
+                # close() there would send a second close frame).
+                self._drop(answer.side)
+                code = _sendable(answer.msg.data, code)
+                reason = (answer.msg.extra or "").encode()
+                await _close_fast(ender, code, reason)
+                return
+            await _close_fast(other, WSCloseCode.GOING_AWAY)
+            await _close_fast(ender, code, reason)
             return
         rec.outcome = "client_abort" if end.side == "client" else "upstream_error"
         code = WSCloseCode.GOING_AWAY if end.side == "client" else WSCloseCode.BAD_GATEWAY
         await _close_fast(other, code)
         await _close_fast(ender, WSCloseCode.GOING_AWAY)
+
+    def _drop(self, side: str) -> None:
+        """Close one leg's connection without a close frame: it already sent and got one."""
+        if side == "client":
+            transport = self.request.transport
+            if transport is not None:
+                transport.close()
+        else:
+            # aiohttp internals: the client response holding the upstream connection (what
+            # ClientWebSocketResponse.close() closes once its handshake is done).
+            self.up._response.close()
 
 
 async def _despite_cancel(cleanup: Coroutine[Any, Any, None]) -> None:
@@ -281,10 +315,10 @@ def _sendable(code: int | None, default: int) -> int:
     return default if code is None or code in UNSENDABLE_CODES else code
 
 
-async def _close_fast(ws: AnyWebSocket, code: int) -> None:
+async def _close_fast(ws: AnyWebSocket, code: int, reason: bytes = b"") -> None:
     """Close one leg, waiting at most :data:`ABORT_GRACE` for its answer."""
     if ws.closed:
         return
     with contextlib.suppress(Exception):
         async with asyncio.timeout(ABORT_GRACE):
-            await ws.close(code=code)
+            await ws.close(code=code, message=reason)

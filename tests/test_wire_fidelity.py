@@ -399,3 +399,99 @@ async def test_a_connection_that_answered_before_the_body_ended_is_not_reused(
         finally:
             done.set()
         assert up.connections == 2
+
+
+# -- WebSocket close frames, with real clients and servers ----------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def websockets_upstream(
+    closes_with: tuple[int, str] | None = None, subprotocols: list[str] | None = None
+) -> AsyncIterator[tuple[str, list[tuple[int, str]]]]:
+    """A ``websockets`` server: it records the close frame each connection got; with
+    ``closes_with``, it closes first after the first message."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    got: list[tuple[int, str]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        if closes_with is not None:
+            await ws.recv()
+            await ws.close(*closes_with)
+        else:
+            await ws.wait_closed()
+        if ws.protocol.close_rcvd is not None:
+            got.append((ws.protocol.close_rcvd.code, ws.protocol.close_rcvd.reason))
+
+    async with serve(handler, "127.0.0.1", 0, subprotocols=subprotocols) as server:  # type: ignore[arg-type]
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"http://127.0.0.1:{port}", got
+
+
+async def close_from_client(url: str) -> tuple[int, str]:
+    from websockets.asyncio.client import connect
+
+    async with asyncio.timeout(5), connect(url.replace("http:", "ws:")) as ws:
+        await ws.close(4001, "client says bye")
+        assert ws.protocol.close_rcvd is not None
+        return ws.protocol.close_rcvd.code, ws.protocol.close_rcvd.reason
+
+
+async def close_from_upstream(url: str) -> tuple[int, str]:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    async with asyncio.timeout(5), connect(url.replace("http:", "ws:")) as ws:
+        await ws.send("go")
+        with contextlib.suppress(ConnectionClosed):
+            await ws.recv()
+        await ws.wait_closed()
+        assert ws.protocol.close_rcvd is not None
+        return ws.protocol.close_rcvd.code, ws.protocol.close_rcvd.reason
+
+
+async def test_a_websocket_close_from_the_client_gets_the_upstreams_answer_as_directly(
+    make_proxy: MakeProxy,
+) -> None:
+    async with websockets_upstream() as (origin, got):
+        direct = await close_from_client(origin)
+        proxy = await start(make_proxy, origin)
+        proxied = await close_from_client(proxy.url("/"))
+        async with asyncio.timeout(5):
+            while len(got) < 2:  # noqa: ASYNC110 - the server records after its handler
+                await asyncio.sleep(0.01)
+    assert direct == (4001, "client says bye")
+    assert proxied == direct  # the answer's code and reason, back to the client that closed
+    assert got == [direct, direct]
+
+
+async def test_a_websocket_close_from_the_upstream_gets_the_clients_answer_as_directly(
+    make_proxy: MakeProxy,
+) -> None:
+    async with websockets_upstream(closes_with=(4002, "upstream says bye")) as (origin, got):
+        direct = await close_from_upstream(origin)
+        proxy = await start(make_proxy, origin)
+        proxied = await close_from_upstream(proxy.url("/"))
+        async with asyncio.timeout(5):
+            while len(got) < 2:  # noqa: ASYNC110 - the server records after its handler
+                await asyncio.sleep(0.01)
+    assert direct == proxied == (4002, "upstream says bye")
+    assert got[1] == got[0] == (4002, "upstream says bye")  # the client's answer, relayed
+
+
+async def test_a_websocket_upgrade_offering_a_subprotocol_logs_no_warning(
+    make_proxy: MakeProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    from websockets.asyncio.client import connect
+
+    async with websockets_upstream(subprotocols=["chat"]) as (origin, _):
+        proxy = await start(make_proxy, origin)
+        with caplog.at_level("WARNING"):
+            async with (
+                asyncio.timeout(5),
+                connect(
+                    proxy.url("/").replace("http:", "ws:"), subprotocols=["other", "chat"]
+                ) as ws,
+            ):
+                assert ws.subprotocol == "chat"
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiohttp")] == []
