@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -227,31 +229,84 @@ def answers_at_once_and_echoes() -> Reply:
     return reply
 
 
+async def duplex_exchange(port: int) -> None:
+    """A chunked upload whose every chunk waits for the echo of the one before (bounded)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            assert b"\r\ntransfer-encoding: chunked\r\n" in head.lower()
+            # The echo of the first chunk arrives before the client sends the second.
+            assert await reader.readuntil(b"got first\n")
+            writer.write(b"6\r\nsecond\r\n")
+            await writer.drain()
+            assert await reader.readuntil(b"got second\n")
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            assert await reader.readuntil(b"\r\n0\r\n\r\n")
+    finally:
+        writer.close()
+
+
 async def test_an_early_head_and_body_are_relayed_while_the_upload_goes_on(
     make_proxy: MakeProxy,
 ) -> None:
     async with raw_upstream(answers_at_once_and_echoes()) as up:
         proxy = await start(make_proxy, up)
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        try:
-            writer.write(
-                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+        await duplex_exchange(proxy.port)
+
+
+async def echo_as_read(scope: dict, receive: Any, send: Any) -> None:
+    """A raw ASGI app: 200 at once, then a line per request-body chunk it reads."""
+    assert scope["type"] == "http"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        if message.get("body"):
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"got " + message["body"] + b"\n",
+                    "more_body": True,
+                }
             )
-            await writer.drain()
-            async with asyncio.timeout(5):
-                head = await reader.readuntil(b"\r\n\r\n")
-                assert head.startswith(b"HTTP/1.1 200 "), head
-                assert b"\r\ntransfer-encoding: chunked\r\n" in head.lower()
-                # The echo of the first chunk arrives before the client sends the second.
-                assert await reader.readuntil(b"got first\n")
-                writer.write(b"6\r\nsecond\r\n")
-                await writer.drain()
-                assert await reader.readuntil(b"got second\n")
-                writer.write(b"0\r\n\r\n")
-                await writer.drain()
-                assert await reader.readuntil(b"\r\n0\r\n\r\n")
-        finally:
-            writer.close()
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.body", "body": b""})
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_upstream(app: Any) -> AsyncIterator[str]:
+    """``app`` under uvicorn, in this process, on a socket already listening."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", http="h11")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(5):
+            await task
+        sock.close()
+
+
+async def test_full_duplex_with_uvicorn_as_directly(make_proxy: MakeProxy) -> None:
+    async with uvicorn_upstream(echo_as_read) as origin:
+        await duplex_exchange(int(origin.rsplit(":", 1)[1]))  # directly
+        proxy = await start(make_proxy, origin)
+        await duplex_exchange(proxy.port)
 
 
 def answers_at_once_and_counts() -> Reply:
