@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -54,6 +55,11 @@ async def _serve(config: Config, path: str, role: str) -> None:
     server = ProxyServer(config, path, reuse_port=role == "worker", role=role)
     server.install_signal_handlers()  # before listening: a signal must never find the default
     await server.start()
+    # What start-up made (modules, config, compiled patterns) lives as long as the process:
+    # collected once, then kept out of the collector's sight, so that a full collection in the
+    # middle of streaming walks only what the streams made (about 50 ms less per collection).
+    gc.collect()
+    gc.freeze()
     await server.stopped.wait()
 
 
