@@ -234,7 +234,9 @@ def strings(surrogates: bool) -> st.SearchStrategy[str]:
     alphabet = ALPHABET if surrogates else [c for c in ALPHABET if not 0xD800 <= ord(c) < 0xE000]
     chars = st.sampled_from(alphabet) | st.characters(exclude_categories=["Cs"])
     # a round trip pairs adjacent surrogates as a JSON parser does
-    return st.lists(chars, max_size=12).map(lambda cs: json.loads(json.dumps("".join(cs))))
+    tricky = st.lists(chars, max_size=12).map(lambda cs: json.loads(json.dumps("".join(cs))))
+    words = st.text("abcXYZ é漢😀-_", max_size=8)  # nothing to escape
+    return words | tricky
 
 
 NUMBERS = st.from_regex(
@@ -495,14 +497,21 @@ def error_position(body: bytes) -> int | None:
 MUTATIONS = st.sampled_from(list(b'"\\{}[],:0123456789-+.eEtrufalsnN \t\n\x00\x1f\x7f\x80\xc3\xff'))
 
 
+OTHER_BRACKET = {ord(a): ord(b) for a, b in zip("[]{}", "{}[]", strict=True)}
+
+
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
     body, _, _, _ = build(draw(documents()), Upper)
     data = bytearray(body)
     for _ in range(draw(st.integers(1, 3))):
         where = draw(st.integers(0, len(data)))
-        what = draw(st.sampled_from(["insert", "delete", "replace", "truncate"]))
-        if what == "insert":
+        what = draw(st.sampled_from(["insert", "delete", "replace", "truncate", "bracket"]))
+        brackets = [i for i, b in enumerate(data) if b in b"[]{}"]
+        if what == "bracket" and brackets:  # a bracket of the other kind
+            i = draw(st.sampled_from(brackets))
+            data[i] = OTHER_BRACKET[data[i]]
+        elif what == "insert":
             data[where:where] = bytes([draw(MUTATIONS)])
         elif what == "truncate":
             del data[where:]
@@ -562,14 +571,21 @@ def test_limits() -> None:
     deep = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
     assert rewrite([deep], [])[0] == deep
     assert rewrite_until_error([b"[" + deep + b"]"], [])[1]
-    key = b'{"' + b"k" * 100 + b'": 1}'
-    assert rewrite([key], [], max_token=100)[0] == key
-    assert rewrite_until_error(split(key, [50]), [], max_token=99)[1]
-    assert rewrite_until_error([b"[" + b"1" * 101 + b"]"], [], max_token=100)[1]
-    assert rewrite_until_error(split(b"[" + b"1" * 101 + b"]", [50]), [], max_token=100)[1]
-    value = b'["' + b"v" * 1000 + b'"]'  # string values are not held, so not bounded
-    assert rewrite(split(value, [500]), [], max_token=100)[0] == value
-    assert rewrite(split(value, [500]), [(0,)], Identity, max_token=100)[0] == value
+    assert rewrite_until_error([b'{"a":' * (MAX_DEPTH + 1)], [])[1]
+    for cuts in ([], [1], [50], [103], [105]):
+        for key in (b"k" * 100, "é".encode() * 50, b"\\n" * 50):
+            doc = b'{"' + key + b'": 1}'
+            assert rewrite(split(doc, cuts), [], max_token=100)[0] == doc
+            assert rewrite_until_error(split(doc, cuts), [], max_token=99)[1]
+        for number in (b"1" * 100, b"-0." + b"5" * 97, b"1e" + b"0" * 98):
+            doc = b"[" + number + b", 2]"
+            assert rewrite(split(doc, cuts), [], max_token=100)[0] == doc
+            assert rewrite_until_error(split(doc, cuts), [], max_token=99)[1]
+            assert rewrite_until_error(split(number + b"0", cuts), [], max_token=100)[1]
+        value = b'["' + b"v" * 1000 + b'", {"k": "' + b"\\u00e9" * 100 + b'"}]'
+        # string values are not held, so not bounded
+        assert rewrite(split(value, cuts), [], max_token=100)[0] == value
+        assert rewrite(split(value, cuts), [(0,)], Identity, max_token=100)[0] == value
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,8 +610,8 @@ def test_framer_elements_for_every_chunking(
 ) -> None:
     gap = itertools.cycle(ws).__next__
     texts = [render(item, gap, ascii).encode() for item in items]
-    raws = [gap().encode() for _ in range(len(items) + 1)]
-    body = b"[" + b",".join(r + t for r, t in zip(raws, texts, strict=False)) + raws[-1] + b"]"
+    inside = b",".join(gap().encode() + t + gap().encode() for t in texts) or gap().encode()
+    body = b"[" + inside + b"]"
     body = gap().encode() + body + gap().encode()
     pieces = frame(data.draw(chunkings(body)))
     assert b"".join(piece for _, piece in pieces) == body
