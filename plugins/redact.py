@@ -851,7 +851,9 @@ class RedactStream:
         return self._encoder.encode(text, final=True)
 
     def _count(self) -> None:
-        n = sum(stage.redactions for stage in self.stages)
+        n = 0
+        for stage in self.stages:
+            n += stage.redactions
         if n > self.redactions:
             if self._ctx is not None:
                 self._ctx.count("redactions", n - self.redactions)

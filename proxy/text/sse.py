@@ -150,8 +150,10 @@ class SSEReader:
                 data = data[3:]
         pos = 0
         lines = self._lines
+        if not lines and b"\r" not in data:
+            pos = self._whole_events(data, out)
         end = len(data)
-        for m in _LINE_END.finditer(data):
+        for m in _LINE_END.finditer(data, pos):
             stop = m.end()
             line = data[pos:stop]
             if stop == end and line[-1] == 13:  # a CR last: an LF may follow
@@ -168,6 +170,26 @@ class SSEReader:
         if self._size + len(self._buf) > self._max:
             raise TextFormatError(f"an event is longer than max_event ({self._max} bytes)")
         return out
+
+    def _whole_events(self, data: bytes, out: list[bytes | SSERecord]) -> int:
+        """The usual case, LF line ends only: cut the complete events out of ``data`` by their
+        blank lines at once; where the rest (an event not ended yet) starts."""
+        pos = 0
+        limit = self._max
+        while True:
+            if data[pos : pos + 1] == b"\n":  # a blank line alone: an empty event
+                out.append(SSERecord([b"\n"], True))
+                pos += 1
+                continue
+            end = data.find(b"\n\n", pos)
+            if end < 0:
+                return pos
+            if end + 2 - pos > limit:
+                raise TextFormatError(f"an event is longer than max_event ({limit} bytes)")
+            lines = data[pos : end + 1].splitlines(keepends=True)
+            lines.append(b"\n")
+            out.append(SSERecord(lines, True))
+            pos = end + 2
 
     def close(self) -> list[bytes | SSERecord]:
         """The end of the body: an event cut off by it is still read (never passed raw)."""
