@@ -100,8 +100,16 @@ async def relay_websocket(
         rid = headers.get(X_REQUEST_ID)
         if rid is not None:
             client.headers[X_REQUEST_ID] = rid
+        handshake = request
+        if protocols and not up.protocol:
+            # The upstream took none of the offered subprotocols: the client's handshake is
+            # answered without one, as the upstream did, and aiohttp, seeing no offer, does not
+            # warn that its own (empty) list shares none.
+            without = CIMultiDict(request.headers)
+            without.popall("Sec-WebSocket-Protocol", None)
+            handshake = request.clone(headers=without)
         try:
-            await client.prepare(request)
+            await client.prepare(handshake)
         except BaseException:
             rec.outcome = "client_abort"
             await _despite_cancel(_close_fast(up, WSCloseCode.GOING_AWAY))

@@ -534,12 +534,16 @@ async def test_a_websocket_close_from_the_upstream_gets_the_clients_answer_as_di
     assert got[1] == got[0] == (4002, "upstream says bye")  # the client's answer, relayed
 
 
+@pytest.mark.parametrize(("upstream_takes", "chosen"), [(["chat"], "chat"), (None, None)])
 async def test_a_websocket_upgrade_offering_a_subprotocol_logs_no_warning(
-    make_proxy: MakeProxy, caplog: pytest.LogCaptureFixture
+    make_proxy: MakeProxy,
+    caplog: pytest.LogCaptureFixture,
+    upstream_takes: list[str] | None,
+    chosen: str | None,
 ) -> None:
     from websockets.asyncio.client import connect
 
-    async with websockets_upstream(subprotocols=["chat"]) as (origin, _):
+    async with websockets_upstream(subprotocols=upstream_takes) as (origin, _):
         proxy = await start(make_proxy, origin)
         with caplog.at_level("WARNING"):
             async with (
@@ -548,5 +552,5 @@ async def test_a_websocket_upgrade_offering_a_subprotocol_logs_no_warning(
                     proxy.url("/").replace("http:", "ws:"), subprotocols=["other", "chat"]
                 ) as ws,
             ):
-                assert ws.subprotocol == "chat"
+                assert ws.subprotocol == chosen
     assert [r.getMessage() for r in caplog.records if r.name.startswith("aiohttp")] == []
