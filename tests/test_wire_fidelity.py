@@ -554,3 +554,25 @@ async def test_a_websocket_upgrade_offering_a_subprotocol_logs_no_warning(
             ):
                 assert ws.subprotocol == chosen
     assert [r.getMessage() for r in caplog.records if r.name.startswith("aiohttp")] == []
+
+
+async def test_an_early_answer_cut_by_a_reset_under_the_upload_is_relayed_as_cut(
+    make_proxy: MakeProxy,
+) -> None:
+    async def reply(
+        up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        await up.read_request(reader)
+        async with asyncio.timeout(5):
+            await reader.readexactly(2**16)  # the upload is under way
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 100\r\n\r\ntoo large")
+        reset(writer)
+
+    async with raw_upstream(reply) as up:
+        proxy = await start(make_proxy, up)
+        results = await asyncio.gather(*(upload(proxy.port, 8 * 2**20) for _ in range(12)))
+    for head, body in results:
+        # The head that came is relayed; its body visibly ends short (never a 502).
+        assert head.startswith(b"HTTP/1.1 413 "), head
+        assert b"\r\nContent-Length: 100\r\n" in head
+        assert body == b"too large"
