@@ -458,11 +458,16 @@ class H1Connection(asyncio.Protocol):
         the rest) breaks a write; the event loop then closes the transport at once, with the
         response it already received unread in the socket. The duplicate lets
         :meth:`_salvage` read it: asyncio's transports give no read after a write failed.
-        ``get_extra_info("socket")`` is public on asyncio's and uvloop's transports.
+        ``get_extra_info("socket")`` is public on asyncio's and uvloop's transports. Not over
+        TLS: what the socket holds there is encrypted records.
         """
         transport = self.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None or self._spare is not None:
+        if transport is None or self._spare is not None:
+            return
+        if transport.get_extra_info("ssl_object") is not None:
+            return  # over TLS the socket's bytes are records, not the response: not salvaged
+        sock = transport.get_extra_info("socket")
+        if sock is None:
             return
         try:
             self._spare = socket.socket(fileno=os.dup(sock.fileno()))

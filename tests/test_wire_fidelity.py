@@ -12,6 +12,7 @@ import contextlib
 import re
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -576,3 +577,34 @@ async def test_an_early_answer_cut_by_a_reset_under_the_upload_is_relayed_as_cut
         assert head.startswith(b"HTTP/1.1 413 "), head
         assert b"\r\nContent-Length: 100\r\n" in head
         assert body == b"too large"
+
+
+async def test_an_early_answer_over_tls_with_the_upload_still_going(
+    make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """Over TLS the socket holds encrypted records: an early answer is relayed from what TLS
+    decrypted (nothing is read from the socket itself)."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    done = asyncio.Event()
+    up = RawUpstream(answers_401_unread(rst=False, done=done))
+    server = await asyncio.start_server(up.serve, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        proxy = await start(make_proxy, f"https://127.0.0.1:{port}", tls={"ca_file": str(ca_file)})
+        head, body = await upload(proxy.port, 32 * 2**20)
+        assert head.startswith(b"HTTP/1.1 401 ") and body == b"denied"
+    finally:
+        done.set()
+        server.close()
+        for task in list(up.handlers):
+            task.cancel()
+        await asyncio.gather(*up.handlers, return_exceptions=True)
+        await server.wait_closed()
