@@ -313,8 +313,8 @@ class H1Connection(asyncio.Protocol):
 
         It stops when the connection closes (the upstream stopped reading: the response is
         judged on what arrived) or when it is cancelled (the response was done with first). A
-        body that fails is the client's fault: before the head, the request fails with that
-        error; after it, the response is cut (the upstream never got the whole request).
+        body that fails is the client's fault: the request, or the response if its head came,
+        fails with that error (the upstream never got the whole request).
         """
         try:
             async for chunk in body:
@@ -335,10 +335,9 @@ class H1Connection(asyncio.Protocol):
         except Disconnected:
             pass  # connection_lost decides the response's fate
         except Exception as exc:
-            if resp.state == HEAD:
-                resp._fail(exc)
-            else:
-                resp._fail(BodyIncomplete())
+            # The response, whatever came of it, fails with the body's error: it is cut (never
+            # made to look complete) and the client's fault, not the upstream's.
+            resp._fail(exc)
             self.close()
 
     async def response_head(self, resp: H1Response) -> None:
@@ -437,7 +436,7 @@ class H1Connection(asyncio.Protocol):
             self._timer = None
         self.pool.forget(self)
         resp = self._resp
-        if resp is not None and resp.state != DONE:
+        if resp is not None and resp.state != DONE and resp._error is None:
             if resp.state == HEAD:
                 resp._fail(Disconnected())
             elif resp.close_delimited and exc is None:

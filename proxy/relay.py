@@ -25,6 +25,7 @@ from .codecs import UnsupportedEncoding
 from .content_types import parse_content_type
 from .errors import (
     BadRequest,
+    ClientAbort,
     HeadersTooLarge,
     NoRoute,
     PayloadTooLarge,
@@ -400,7 +401,12 @@ class Relay:
     ) -> None:
         """After prepare(): abort the client connection so the body never looks complete."""
         extra = {"request_id": rid, "route": route.name, "upstream": route.upstream}
-        if isinstance(exc, ProxyError):
+        if isinstance(exc, ClientAbort | PayloadTooLarge | BadRequest):
+            # The client's request body broke off, grew too large or did not parse while an
+            # early answer was being relayed (full duplex): not the upstream's failure.
+            rec.outcome = "client_abort"
+            log.info("the request body failed mid-response: %s", exc.detail, extra=extra)
+        elif isinstance(exc, ProxyError):
             rec.outcome = exc.outcome
             self.metrics.upstream_errors.labels(route.upstream, exc.code).inc()
             log.warning("upstream failed mid-body: %s", exc.detail, extra=extra)

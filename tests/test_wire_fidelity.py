@@ -210,22 +210,27 @@ async def read_chunked_request_body(reader: asyncio.StreamReader) -> AsyncIterat
         yield data[:-2]
 
 
-def answers_at_once_and_echoes() -> Reply:
+def answers_at_once_and_echoes(*, close_delimited: bool = False) -> Reply:
     """A 200 head at once, then one chunk per request-body chunk read (``got <bytes>``), then
-    the end once the request body ended: an upstream that needs full duplex."""
+    the end once the request body ended: an upstream that needs full duplex. Its body is
+    chunked, or (``close_delimited``) ends where the connection does."""
 
     async def reply(
         up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
     ) -> None:
         await up.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        if close_delimited:
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         await writer.drain()
         async for chunk in read_chunked_request_body(reader):
             line = b"got " + chunk + b"\n"
-            writer.write(b"%x\r\n%b\r\n" % (len(line), line))
+            writer.write(line if close_delimited else b"%x\r\n%b\r\n" % (len(line), line))
             await writer.drain()
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        if not close_delimited:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
 
     return reply
 
@@ -608,3 +613,40 @@ async def test_an_early_answer_over_tls_with_the_upload_still_going(
             task.cancel()
         await asyncio.gather(*up.handlers, return_exceptions=True)
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("close_delimited", [False, True])
+async def test_a_request_body_over_the_limit_after_an_early_answer_cuts_it_as_the_clients_fault(
+    make_proxy: MakeProxy, close_delimited: bool
+) -> None:
+    async with raw_upstream(answers_at_once_and_echoes(close_delimited=close_delimited)) as up:
+        proxy = await make_proxy({"up": {"targets": [up.origin]}}, ROUTE, max_request_body="1KiB")
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"258\r\n" + b"a" * 600 + b"\r\n"
+            )
+            await writer.drain()
+            out = b""
+            async with asyncio.timeout(5):
+                out += await reader.readuntil(b"got " + b"a" * 600 + b"\n")
+                writer.write(b"258\r\n" + b"b" * 600 + b"\r\n")  # past max_request_body
+                await writer.drain()
+                while chunk := await reader.read(2**16):
+                    out += chunk
+        finally:
+            writer.close()
+        (line,) = await proxy.until_logged()
+        metrics = await exchange(
+            proxy.server.admin_port or 0, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 1.0
+        )
+    assert out.startswith(b"HTTP/1.1 200 ")
+    assert not out.endswith(b"0\r\n\r\n")  # cut: never made to look complete
+    assert line["outcome"] == "client_abort"
+    errors = [
+        line
+        for line in metrics.data.decode().splitlines()
+        if line.startswith("proxy_upstream_errors_total{")
+    ]
+    assert all(line.endswith(" 0.0") for line in errors), errors  # not the upstream's failure
