@@ -58,7 +58,6 @@ def text_body(
         return _plain(source, transforms, ctx, gens)
     if mode == "body":
         return _plain(source, transforms, ctx, gens)
-    ctx.charset = "utf-8"
     if mode == "sse":
         return _sse(source, transforms, events, ctx, spec, None, gens)
     if mode == "fields":
@@ -187,6 +186,7 @@ async def _sse(
     *,
     sniff: bool = False,
 ) -> Chunks:
+    ctx.charset = "utf-8"  # Server-Sent Events always are
     batches: AsyncIterator[list[bytes | SSERecord]]
     if events:
         items = _records(source, SSEReader(spec.max_event))
@@ -215,7 +215,6 @@ async def _sse(
                     decided = True
                     preset = _sniff(data, item.name)
                     if preset is not None:
-                        ctx.charset = "utf-8"
                         texts = _texts(PRESET_POLICIES[preset](), transforms, ctx)
                 if texts is None:
                     new = await transform_whole(transforms, ctx, data.decode("utf-8", "replace"))
@@ -278,7 +277,10 @@ async def _ndjson(
 ) -> Chunks:
     limit = spec.max_event
     buf = b""
-    texts = _texts(policy, transforms, ctx) if policy is not None else None
+    texts = None
+    if policy is not None:
+        ctx.charset = "utf-8"  # JSON is
+        texts = _texts(policy, transforms, ctx)
     ended_line = True  # the output so far ends at a line end
     it = source.__aiter__()
     if sniff:
@@ -391,6 +393,7 @@ async def _json_or_array(
         ):
             yield out
         return
+    ctx.charset = "utf-8"
     texts = _texts(PRESET_POLICIES["gemini"](), transforms, ctx)
     framer = JsonArrayFramer(spec.max_event)
 
