@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import re
 import string
@@ -37,6 +38,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from aiohttp import web
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from upstream import serve_app  # the benchmark upstreams share one server loop
 
 MAX_EVENTS = 100_000
 MAX_HOLD = 600.0  # no stream lasts longer than this, whatever it asks for
@@ -317,15 +321,7 @@ def make_app(interval: float, events: int) -> web.Application:
 
 
 async def serve(host: str, port: int, lifetime: float, interval: float, events: int) -> None:
-    runner = web.AppRunner(make_app(interval, events), access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=4096)
-    await site.start()
-    print(f"llm upstream listening on http://{host}:{port}", flush=True)
-    try:
-        await asyncio.sleep(lifetime)  # never outlives its harness by much
-    finally:
-        await runner.cleanup()
+    await serve_app(make_app(interval, events), host, port, lifetime, "llm upstream")
 
 
 def main() -> None:

@@ -130,16 +130,23 @@ def make_app() -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, lifetime: float) -> None:
-    runner = web.AppRunner(make_app(), access_log=None, handler_cancellation=True)
+async def serve_app(
+    app: web.Application, host: str, port: int, lifetime: float, name: str = "upstream"
+) -> None:
+    """Serve ``app`` on loopback for at most ``lifetime`` seconds (the benchmark upstreams)."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
     await site.start()
-    print(f"upstream listening on http://{host}:{port}", flush=True)
+    print(f"{name} listening on http://{host}:{port}", flush=True)
     try:
         await asyncio.sleep(lifetime)  # never outlives its harness by much
     finally:
         await runner.cleanup()
+
+
+async def serve(host: str, port: int, lifetime: float) -> None:
+    await serve_app(make_app(), host, port, lifetime)
 
 
 def main() -> None:
