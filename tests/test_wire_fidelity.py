@@ -577,11 +577,20 @@ async def test_an_early_answer_cut_by_a_reset_under_the_upload_is_relayed_as_cut
     async with raw_upstream(reply) as up:
         proxy = await start(make_proxy, up)
         results = await asyncio.gather(*(upload(proxy.port, 8 * 2**20) for _ in range(12)))
+    relayed = 0
     for head, body in results:
-        # The head that came is relayed; its body visibly ends short (never a 502).
+        # The head that came is relayed; its body visibly ends short (never a 502). The proxy
+        # must cut the client's connection while the client is still uploading: the kernel
+        # then answers the unread upload with a reset, which can reach the client before it
+        # read the head (a TCP race, not a proxy choice), so an empty read is the one other
+        # outcome; no 502, ever, and most uploads see the 413.
+        if head == b"" and body == b"":
+            continue
+        relayed += 1
         assert head.startswith(b"HTTP/1.1 413 "), head
         assert b"\r\nContent-Length: 100\r\n" in head
         assert body == b"too large"
+    assert relayed >= len(results) // 2, relayed
 
 
 async def test_an_early_answer_over_tls_with_the_upload_still_going(
