@@ -88,8 +88,9 @@ def _plain(
 ) -> Chunks:
     it = source
     for transform in transforms:
+        if it is not source:
+            gens.append(it)  # the one returned is tracked by the caller, as every other form's
         it = transform(it, ctx)
-        gens.append(it)
     return it
 
 
@@ -299,7 +300,10 @@ async def _ndjson(
             except (ValueError, RecursionError):
                 preset = None
         if preset is None:
-            async for out in _plain(_prepend(buf, it), transforms, ctx, gens):
+            held = _prepend(buf, it)
+            body = _plain(held, transforms, ctx, gens)
+            gens += (held, body)
+            async for out in body:
                 yield out
             return
         ctx.charset = "utf-8"
