@@ -485,6 +485,8 @@ class _Spec:
             and not self.flags & (re.IGNORECASE | re.LOCALE)
         ):
             self.literal = "".join(chr(av) for _op, av in nodes)
+        # a cheap test that no match can start in a text (most small pieces of a token stream)
+        self.lead = _lead(self.parsed, self.flags, _Emitter(_SIGMAS[0], ()).atom)
         self._variants: dict[str, _Variant] = {}
         self.variant(_SIGMAS[0])  # compile errors show at load
 
@@ -499,6 +501,62 @@ class _Spec:
 
 
 _LOOKS = (sre.ASSERT, sre.ASSERT_NOT)
+
+
+_LEAD_ATOMS = 8  # how many leading character tests the lead check reads at most
+
+
+def _disjoint(a: str, b: str, prefix: str) -> bool:
+    """Whether no character at all is matched by both one-character patterns ``a`` and ``b``."""
+    every = "".join(map(chr, range(0x110000)))
+    return re.compile(f"{prefix}(?={a}){b}").search(every) is None
+
+
+def _lead(parsed: Any, flags: int, atom: Callable[[Any, Any], str]) -> re.Pattern[str] | None:
+    """Where a match, whole or cut by the end of the text, may start (see ``_Stage.feed``).
+
+    The pattern's leading character tests, each but the first optional at the end of the text,
+    the last in group 1: ``a(?:b(?:(c)|\\Z)|\\Z)`` for ``abc...``. A repeat adds the test of one
+    repetition and ends it; a pattern that begins with a repeat of one test ``R`` followed by a
+    test ``T`` that no character passes together with ``R`` (``[\\w.]+@``) leads with
+    ``R+(?:(T)|\\Z)``: a match can then start only where a run of ``R`` is followed by ``T``,
+    or runs to the end. Zero-width tests in front are dropped (a superset). None when the
+    pattern does not begin with a character test or such a repeat: it may start anywhere.
+    Group 1 left out of a match that reaches the end marks it as cut: nothing can start before
+    it, and nothing whole after it.
+    """
+    letters = _flag_letters(flags)
+    prefix = f"(?{letters})" if letters else ""
+    nodes = list(parsed)
+    while nodes and nodes[0][0] in (sre.AT, *_LOOKS):
+        nodes.pop(0)
+
+    def one(node: tuple[Any, Any]) -> str | None:
+        op, av = node
+        if op in _ATOMS:
+            return atom(op, av)
+        if op in _REPEATS and av[0] >= 1 and len(av[2]) and av[2][0][0] in _ATOMS:
+            return atom(*av[2][0])
+        return None
+
+    if nodes and nodes[0][0] in _REPEATS and len(nodes[0][1][2]) == 1 and len(nodes) > 1:
+        run, follow = one(nodes[0]), one(nodes[1])  # a repeat of one test, then a test
+        if run is not None and follow is not None and _disjoint(run, follow, prefix):
+            return re.compile(f"{prefix}{run}+(?:({follow})|\\Z)")
+    atoms: list[str] = []
+    for op, av in nodes[:_LEAD_ATOMS]:
+        test = one((op, av))
+        if test is None:
+            break
+        atoms.append(test)
+        if op not in _ATOMS:
+            break
+    if not atoms:
+        return None
+    source = f"({atoms[-1]})"
+    for a in reversed(atoms[:-1]):
+        source = f"{a}(?:{source}|\\Z)"
+    return re.compile(prefix + source)
 
 
 def _walk(sub: Iterable[tuple[Any, Any]]) -> Iterable[tuple[Any, Any]]:
@@ -577,6 +635,26 @@ class _Stage:
         return len(self._buf) - self._cur
 
     def feed(self, text: str) -> str:
+        lead = self._spec.lead
+        if lead is not None and self._overflow is None:
+            # The cheap way first: where the lead finds nothing in the held text and the new,
+            # or only a start cut by the end, everything before that start is decided.
+            buf, cur = self._buf, self._cur
+            s = f"{buf[cur:]}{text}" if cur < len(buf) else text
+            m = lead.search(s)
+            if m is None:
+                keep = len(s)
+            elif m.end(1) < 0 and m.end() == len(s):  # a start cut by the end: held
+                keep = m.start()
+            else:
+                keep = -1  # a start that may be a match: the patterns decide
+            if keep >= 0 and len(s) - keep <= self._max:
+                cur += keep
+                start = max(0, cur - self._spec.context)
+                self._buf, self._cur = f"{buf}{text}"[start:], cur - start
+                if keep:
+                    self._must_advance = False
+                return s[:keep]
         out: list[str] = []
         if self._overflow is not None:
             text = self._overflow_step(text, final=False)
@@ -802,13 +880,19 @@ def _literal_stages(
 class RedactStream:
     """One body: bytes in, bytes out (decoding, the chain of stages, encoding, counting)."""
 
-    __slots__ = ("_ctx", "_decoder", "_encoder", "_on_bytes", "redactions", "stages")
+    __slots__ = ("_codec", "_ctx", "_decoder", "_encoder", "_on_bytes", "redactions", "stages")
 
     def __init__(self, specs: Sequence[_Spec], options: Options, ctx: Any = None) -> None:
         codec = codec_for(getattr(ctx, "charset", None))
         self._ctx = ctx
-        self._decoder = codecs.getincrementaldecoder(codec)(errors="surrogateescape")
-        self._encoder = codecs.getincrementalencoder(codec)(errors="surrogateescape")
+        self._codec = codec
+        # UTF-8 needs no codec objects while each piece is whole characters (they are made
+        # at the first one that is not); other charsets may keep a state between pieces
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._encoder: codecs.IncrementalEncoder | None = None
+        if codec != "utf-8":
+            self._decoder = codecs.getincrementaldecoder(codec)(errors="surrogateescape")
+            self._encoder = codecs.getincrementalencoder(codec)(errors="surrogateescape")
         self.stages: list[_Stage] | list[LiteralStage]
         literal = _literal_stages(specs, options, codec)
         self._on_bytes = literal is not None
@@ -829,13 +913,25 @@ class RedactStream:
                 data = literal.feed(data)
             self._count()
             return data
-        text = self._decoder.decode(data)
+        text = self._decode(data)
         for stage in self.stages:
             if not text:
                 break
             text = stage.feed(text)
         self._count()
-        return self._encoder.encode(text) if text else b""
+        if not text:
+            return b""
+        encoder = self._encoder
+        return text.encode("utf-8", "surrogateescape") if encoder is None else encoder.encode(text)
+
+    def _decode(self, data: bytes, final: bool = False) -> str:
+        decoder = self._decoder
+        if decoder is None:
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:  # a character cut, or bytes that are not UTF-8
+                decoder = self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        return decoder.decode(data, final)
 
     def close(self) -> bytes:
         if self._on_bytes:
@@ -844,11 +940,14 @@ class RedactStream:
                 data = literal.flush(data)
             self._count()
             return data
-        text = self._decoder.decode(b"", final=True)
+        text = self._decode(b"", final=True)
         for stage in self.stages:
             text = stage.flush(text)
         self._count()
-        return self._encoder.encode(text, final=True)
+        encoder = self._encoder
+        if encoder is None:
+            return text.encode("utf-8", "surrogateescape")
+        return encoder.encode(text, final=True)
 
     def _count(self) -> None:
         n = 0
