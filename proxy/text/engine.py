@@ -95,10 +95,14 @@ def _plain(
 
 
 def _texts(policy: Policy, transforms: Sequence[Any], ctx: TransformContext) -> JsonTexts:
-    def whole(text: str) -> Any:
-        return transform_whole(transforms, ctx, text)
+    return JsonTexts(policy, transforms, ctx)
 
-    return JsonTexts(policy, lambda: open_text(transforms, ctx), whole)
+
+def _take(out: list[bytes]) -> bytes:
+    """The pieces joined, and the list emptied."""
+    data = b"".join(out)
+    out.clear()
+    return data
 
 
 def _dump(obj: Any) -> bytes:
@@ -233,13 +237,14 @@ async def _sse(
                 for rec in before:
                     out.append(data_event(_dump(rec.obj), rec.name))
                 out.append(item.raw if changed is None else item.with_data(changed))
+            # what this batch read is not kept while the stream waits for the next one
+            items = item = data = changed = before = None  # type: ignore[assignment]
         except TextFormatError:
             if out:
                 yield b"".join(out)  # the events before the one that failed
             raise
         if out:
-            yield b"".join(out)
-            out.clear()
+            yield _take(out)  # not kept in this frame while the client takes it
     if texts is not None:
         rest = await texts.finish()
         if rest:

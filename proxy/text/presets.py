@@ -72,10 +72,65 @@ def _output_item_texts(item: Any, prefix: Path) -> list[tuple[Path, str]]:
     return out
 
 
+def _chat(obj: dict[str, Any]) -> tuple[Texts, Callable[[Key], bool] | None]:
+    """The texts of a Chat Completions (or legacy Completions) chunk, and the texts it ends,
+    in one pass over its choices."""
+    out: Texts = []
+    finished: set[Any] = set()
+    calls: dict[Any, set[Any]] = {}  # choice index -> tool calls this chunk carries
+    for p, choice in _dicts(obj.get("choices")):
+        i = _index(choice, p)
+        if choice.get("finish_reason") is not None:
+            finished.add(i)
+        text = choice.get("text")
+        if type(text) is str:
+            out.append((("choices", p, "text"), text, ("chat", i, "text")))
+        delta = choice.get("delta")
+        if type(delta) is not dict:
+            continue
+        for field in ("content", "refusal"):
+            value = delta.get(field)
+            if type(value) is str:
+                out.append((("choices", p, "delta", field), value, ("chat", i, field)))
+        tool_calls = delta.get("tool_calls")
+        if tool_calls is None:
+            continue
+        for q, call in _dicts(tool_calls):
+            t = _index(call, q)
+            calls.setdefault(i, set()).add(t)
+            args = _str(call.get("function"), "arguments")
+            if args is not None:
+                path = ("choices", p, "delta", "tool_calls", q, "function", "arguments")
+                out.append((path, args, ("chat", i, "tool", t)))
+    if not finished and not calls:
+        return out, None
+
+    def ends(key: Key) -> bool:
+        # A choice's text ends at its finish_reason, or (as the SDK's stream helper has it)
+        # when its next text starts: the first tool call ends the content, a tool call the
+        # one before it.
+        if not (isinstance(key, tuple) and key[0] == "chat"):
+            return False
+        if key[1] in finished:
+            return True
+        starting = calls.get(key[1])
+        if not starting:
+            return False
+        return key[2] != "tool" or key[3] not in starting
+
+    return out, ends
+
+
 class OpenAIPolicy(Policy):
+    __slots__ = ("_ends",)
+
+    def __init__(self) -> None:
+        # what a chunk's pass in texts() found it ends, for ends() on the same record
+        self._ends: tuple[Any, Callable[[Key], bool] | None] = (None, None)
+
     def texts(self, rec: Record) -> Texts:
         obj = rec.obj
-        if not isinstance(obj, dict):
+        if type(obj) is not dict:
             return []
         kind = obj.get("type")
         if isinstance(kind, str):
@@ -84,25 +139,9 @@ class OpenAIPolicy(Policy):
             if field is None or value is None:
                 return []
             return [(("delta",), value, _response_key(obj, field))]
-        out: Texts = []
-        for p, choice in _dicts(obj.get("choices")):
-            i = _index(choice, p)
-            text = _str(choice, "text")
-            if text is not None:
-                out.append((("choices", p, "text"), text, ("chat", i, "text")))
-            delta = choice.get("delta")
-            if not isinstance(delta, dict):
-                continue
-            for field in ("content", "refusal"):
-                value = _str(delta, field)
-                if value is not None:
-                    out.append((("choices", p, "delta", field), value, ("chat", i, field)))
-            for q, call in _dicts(delta.get("tool_calls")):
-                fn = call.get("function")
-                args = _str(fn, "arguments")
-                if args is not None:
-                    path = ("choices", p, "delta", "tool_calls", q, "function", "arguments")
-                    out.append((path, args, ("chat", i, "tool", _index(call, q))))
+        out, ends = _chat(obj)
+        if out or ends is not None:
+            self._ends = (obj, ends)
         return out
 
     def wholes(self, rec: Record) -> list[tuple[Path, str]]:
@@ -146,33 +185,9 @@ class OpenAIPolicy(Policy):
                 item_id = item.get("id") if isinstance(item, dict) else None
                 return lambda key: isinstance(key, tuple) and key[1] == item_id
             return None
-        finished: set[Any] = set()
-        calls: dict[Any, set[Any]] = {}  # choice index -> tool calls this chunk carries
-        for p, choice in _dicts(obj.get("choices")):
-            i = _index(choice, p)
-            if choice.get("finish_reason") is not None:
-                finished.add(i)
-            delta = choice.get("delta")
-            if isinstance(delta, dict):
-                for q, call in _dicts(delta.get("tool_calls")):
-                    calls.setdefault(i, set()).add(_index(call, q))
-        if not finished and not calls:
-            return None
-
-        def ends(key: Key) -> bool:
-            # A choice's text ends at its finish_reason, or (as the SDK's stream helper has it)
-            # when its next text starts: the first tool call ends the content, a tool call the
-            # one before it.
-            if not (isinstance(key, tuple) and key[0] == "chat"):
-                return False
-            if key[1] in finished:
-                return True
-            starting = calls.get(key[1])
-            if not starting:
-                return False
-            return key[2] != "tool" or key[3] not in starting
-
-        return ends
+        seen, ends = self._ends
+        self._ends = (None, None)  # the record is not kept beyond its own turn
+        return ends if seen is obj else _chat(obj)[1]
 
     def remainder(self, key: Key, text: str, last: Record) -> Record:
         assert isinstance(key, tuple)
@@ -207,6 +222,8 @@ _DELTA_OF = {"text": "text_delta", "thinking": "thinking_delta", "partial_json":
 
 
 class AnthropicPolicy(Policy):
+    __slots__ = ()
+
     def texts(self, rec: Record) -> Texts:
         obj = rec.obj
         if not isinstance(obj, dict):
@@ -265,6 +282,8 @@ class AnthropicPolicy(Policy):
 
 
 class OllamaPolicy(Policy):
+    __slots__ = ()
+
     def texts(self, rec: Record) -> Texts:
         obj = rec.obj
         if not isinstance(obj, dict):
@@ -302,6 +321,8 @@ class OllamaPolicy(Policy):
 
 
 class GeminiPolicy(Policy):
+    __slots__ = ()
+
     def texts(self, rec: Record) -> Texts:
         obj = rec.obj
         if not isinstance(obj, dict):

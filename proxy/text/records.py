@@ -15,9 +15,11 @@ import copy
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+from ..transform_api import TransformContext
 from .jsonvalues import load, paths_of, rewrite, set_path
 from .selectors import Path, Selector
 from .sink import TextSink
+from .textstream import open_text, transform_whole
 
 __all__ = ["ALL", "FieldsPolicy", "JsonTexts", "Policy", "Record"]
 
@@ -38,6 +40,8 @@ class Record:
 
 class Policy:
     """Which values of a record are texts. The default: no text at all."""
+
+    __slots__ = ()
 
     def texts(self, rec: Record) -> list[tuple[Path, str, Key]]:
         """``(path, value, key)`` of the values that continue (or start) the text ``key``."""
@@ -60,6 +64,8 @@ class FieldsPolicy(Policy):
     """``{format, fields, join}``: the selected values; with ``join`` one text per concrete
     path across records, else each value on its own."""
 
+    __slots__ = ("join", "selectors")
+
     def __init__(self, selectors: Sequence[Selector], join: bool) -> None:
         self.selectors = tuple(selectors)
         self.join = join
@@ -80,24 +86,28 @@ class FieldsPolicy(Policy):
         return Record(obj, last.name)
 
 
+class _Text:
+    """An open text: its stream, and the record that carried its last value, as it came (parsed
+    again only if a remainder needs its shape): a few hundred bytes, not a parsed object."""
+
+    __slots__ = ("data", "name", "stream")
+
+    def __init__(self, stream: TextSink) -> None:
+        self.stream = stream
+        self.data = b""
+        self.name: str | None = None
+
+
 class JsonTexts:
     """Rewrites successive records of one body; keeps each open text's stream."""
 
-    __slots__ = ("_last", "_open", "_streams", "_whole", "policy")
+    __slots__ = ("_ctx", "_open", "_transforms", "policy")
 
-    def __init__(
-        self,
-        policy: Policy,
-        open_stream: Callable[[], TextSink],
-        whole: Callable[[str], Any],
-    ) -> None:
+    def __init__(self, policy: Policy, transforms: Sequence[Any], ctx: TransformContext) -> None:
         self.policy = policy
-        self._open = open_stream
-        self._whole = whole
-        self._streams: dict[Key, TextSink] = {}
-        # the record that carried each open text's last value, as it came (parsed again only
-        # if a remainder needs its shape): a few hundred bytes, not a parsed object, per text
-        self._last: dict[Key, tuple[bytes, str | None]] = {}
+        self._transforms = transforms
+        self._ctx = ctx
+        self._open: dict[Key, _Text] = {}
 
     async def record(
         self, data: bytes, name: str | None = None
@@ -109,38 +119,39 @@ class JsonTexts:
         rec = Record(obj, name)
         policy = self.policy
         texts = policy.texts(rec)
-        ends = policy.ends(rec) if self._streams or texts else None
+        opened = self._open
+        ends = policy.ends(rec) if opened or texts else None
         before: list[Record] = []
         ending: set[Key] = set()
         if ends is not None:
             carried = {key for _, value, key in texts if value}
-            for key in list(self._streams):
+            for key in list(opened):
                 if ends == ALL or (callable(ends) and ends(key)):
                     if key in carried:
                         ending.add(key)
                     else:
                         await self._close(key, before)
             if callable(ends):
-                ending.update(key for _, _, key in texts if key not in self._streams and ends(key))
+                ending.update(key for _, _, key in texts if key not in opened and ends(key))
             elif ends == ALL:
                 ending.update(key for _, _, key in texts)
         changed: dict[Path, str] = {}
         old: dict[Path, str] = {}
         for path, value, key in texts:
-            stream = self._streams.get(key)
-            if stream is None:
-                stream = self._streams[key] = self._open()
-            out = await stream.feed(value)
-            self._last[key] = (data, name)
+            text = opened.get(key)
+            if text is None:
+                text = opened[key] = _Text(open_text(self._transforms, self._ctx))
+            out = await text.stream.feed(value)
             if key in ending:
-                out += await stream.close()
-                del self._streams[key]
-                del self._last[key]
+                out += await text.stream.close()
+                del opened[key]
+            else:
+                text.data, text.name = data, name
             if out != value:
                 changed[path] = out
                 old[path] = value
         for path, value in policy.wholes(rec):
-            out = await self._whole(value)
+            out = await transform_whole(self._transforms, self._ctx, value)
             if out != value:
                 changed[path] = out
                 old[path] = value
@@ -149,15 +160,14 @@ class JsonTexts:
         return before, rewrite(doc, changed, old).encode("utf-8")
 
     async def _close(self, key: Key, before: list[Record]) -> None:
-        stream = self._streams.pop(key)
-        data, name = self._last.pop(key)
-        rest = await stream.close()
+        text = self._open.pop(key)
+        rest = await text.stream.close()
         if rest:
-            before.append(self.policy.remainder(key, rest, Record(load(data)[1], name)))
+            before.append(self.policy.remainder(key, rest, Record(load(text.data)[1], text.name)))
 
     async def finish(self) -> list[Record]:
         """The end of the body (or a sentinel): every open text ends; their remainders."""
         out: list[Record] = []
-        for key in list(self._streams):
+        for key in list(self._open):
             await self._close(key, out)
         return out

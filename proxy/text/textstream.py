@@ -52,7 +52,17 @@ class _SyncText:
 
     def __init__(self, transforms: Sequence[Any], ctx: TransformContext) -> None:
         self._streams = [t.open(ctx) for t in transforms]
-        self._decoder = _decoder()
+        # made only once some output is not whole UTF-8 (a character cut, a lone surrogate)
+        self._decoder: codecs.IncrementalDecoder | None = None
+
+    def _decode(self, data: bytes, final: bool = False) -> str:
+        decoder = self._decoder
+        if decoder is None:
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                decoder = self._decoder = _decoder()
+        return decoder.decode(data, final)
 
     async def feed(self, text: str) -> str:
         data = _encode(text)
@@ -60,13 +70,13 @@ class _SyncText:
             if not data:
                 return ""
             data = stream.feed(data)
-        return self._decoder.decode(data) if data else ""
+        return self._decode(data) if data else ""
 
     async def close(self) -> str:
         data = b""
         for stream in self._streams:
             data = stream.feed(data) + stream.close() if data else stream.close()
-        return self._decoder.decode(data, final=True)
+        return self._decode(data, final=True)
 
 
 class _Source:
