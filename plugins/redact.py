@@ -977,8 +977,10 @@ class Redact:
         async for chunk in chunks:
             if chunk:
                 out = stream.feed(chunk)
+                del chunk  # neither piece is kept while the next chunk is awaited
                 if out:
                     yield out
+                del out
         out = stream.close()
         if out:
             yield out

@@ -217,4 +217,7 @@ class TagLines:
         stream = self.open(ctx)
         async for chunk in chunks:
             if chunk:
-                yield stream.feed(chunk)
+                out = stream.feed(chunk)
+                del chunk  # neither piece is kept while the next chunk is awaited
+                yield out
+                del out

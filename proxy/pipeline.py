@@ -143,8 +143,12 @@ async def upstream_body(resp: H1Response) -> AsyncIterator[bytes]:
     """The upstream response body as it arrives; failures become UpstreamBodyError."""
     read = resp.read
     try:
-        while chunk := await read():
+        while True:
+            chunk = await read()
+            if not chunk:
+                return
             yield chunk
+            del chunk  # not kept while the next one is awaited (an idle stream holds nothing)
     except H1Error as exc:
         raise read_failure(exc) from exc
 

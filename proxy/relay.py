@@ -383,11 +383,13 @@ class Relay:
                         break
                     sent += len(chunk)
                     await write(chunk)
+                    del chunk  # not kept while the next one is awaited
             else:
                 async for chunk in plan.chain(upstream_body(upstream_resp)):
                     if chunk:
                         sent += len(chunk)
                         await write(chunk)
+                    del chunk
         finally:
             rec.bytes_out = sent
 
