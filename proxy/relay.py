@@ -194,6 +194,11 @@ class Relay:
         if client_host is not None:
             headers[X_FORWARDED_HOST] = client_host
         headers[X_REQUEST_ID] = rid
+        rules = route.headers
+        host_header = client_host if route.preserve_host else None
+        if rules is not None:
+            rules.request.apply(headers)  # after the proxy's own headers, before transforms
+            host_header = rules.request.host or host_header
         if route.chains.response:
             for name in RANGE_HEADERS:
                 headers.popall(name, None)
@@ -206,9 +211,8 @@ class Relay:
             if route.chains.response or route.chains.request:
                 # Fail closed: messages would bypass the route's transforms.
                 raise BadRequest("WebSocket upgrades are refused on routes with transforms")
-            host = client_host if route.preserve_host else None
             return await relay_websocket(
-                request, upstream, route.upstream_path(raw), headers, host, rec
+                request, upstream, route.upstream_path(raw), headers, host_header, rec
             )
 
         body_state = BodyState()
@@ -229,7 +233,6 @@ class Relay:
                     ) from None
                 if request_plan is not None:
                     body = _rejecting(request_plan.chain(body), body_state)
-        host_header = client_host if route.preserve_host else None
         path_qs = route.upstream_path(raw)
 
         upstream_resp: H1Response | None = None
@@ -336,6 +339,11 @@ class Relay:
                 # obs-text passes, as its bytes (see RelayedResponse).
                 raise UpstreamUnavailable("upstream sent a control character in a header value")
         headers[X_REQUEST_ID] = rid
+        if parse_content_type(headers.get("Content-Type"))[0] == "text/event-stream":
+            headers["X-Accel-Buffering"] = "no"
+        if route.headers is not None:
+            # After the proxy's own headers; before the transforms settle the body headers.
+            route.headers.response.apply(headers)
         plan = None
         if route.chains.response and _has_body(request.method, upstream_resp.status):
             ctx = self._context(route, rid, "response", upstream_headers)
@@ -352,8 +360,6 @@ class Relay:
                 raise UpstreamBodyError(
                     "the upstream used a Content-Encoding the route's transforms cannot decode"
                 ) from None
-        if parse_content_type(headers.get("Content-Type"))[0] == "text/event-stream":
-            headers["X-Accel-Buffering"] = "no"
         # When the body's first bytes are already here and go out untransformed, the head can
         # leave in the same write as them: one system call less, and no later for the client.
         ready = plan is None and upstream_resp.ready
