@@ -272,6 +272,41 @@ class RouteConfig(_Model):
     `Connection`, ...) can only be removed."""
 
 
+class TracingConfig(_Model):
+    otlp_endpoint: str
+    """OTLP/HTTP collector, e.g. `http://collector:4318` (spans go to its `/v1/traces`)."""
+    service_name: str = "streamproxy"
+    """The `service.name` of the spans."""
+    sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """Share of new traces recorded; a client's `traceparent` decides for the traces it
+    continues (parent-based sampling)."""
+    export_timeout: Duration = 10.0
+    """How long one export to the collector may take."""
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        try:
+            url = URL(value)
+        except (ValueError, TypeError):
+            raise ValueError("not a URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("an http:// or https:// URL of the collector is needed")
+        return value
+
+    @model_validator(mode="after")
+    def _installed(self) -> TracingConfig:
+        from .tracing import missing_packages
+
+        missing = missing_packages()
+        if missing:
+            raise ValueError(
+                f"tracing needs the OpenTelemetry packages ({', '.join(missing)} missing): "
+                "pip install 'streamproxy[otel]'"
+            )
+        return self
+
+
 class DemoConfig(_Model):
     host: str = "127.0.0.1"
     """Address of the bundled demo upstream."""
@@ -292,6 +327,8 @@ class Config(_Model):
     """Routes, tried in order."""
     demo: DemoConfig | None = None
     """Start the bundled demo upstream (a slow streaming source) in-process."""
+    tracing: TracingConfig | None = None
+    """OpenTelemetry tracing over OTLP/HTTP (off when unset; needs `streamproxy[otel]`)."""
     _chains: list[Any] = PrivateAttr(default_factory=list)
 
     def chains(self, index: int) -> Any:
