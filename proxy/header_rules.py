@@ -204,6 +204,9 @@ class HeaderRules:
     def __repr__(self) -> str:
         return f"HeaderRules(request={self.request!r}, response={self.response!r})"
 
+    def __str__(self) -> str:
+        return repr(self) if self else "{}"  # "{}": the configuration reference's default
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, HeaderRules) and repr(self) == repr(other)
 
