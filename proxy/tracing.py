@@ -143,7 +143,6 @@ class RequestTrace:
             "url.path": rec.path,
             "url.scheme": request.scheme,
             "network.protocol.version": f"{request.version.major}.{request.version.minor}",
-            "request_id": rec.request_id,
         }
         address, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
         if not address or not port.isdigit():
@@ -176,9 +175,9 @@ class RequestTrace:
         ``tracestate`` goes on with it.
         """
         self.server.update_name(f"{self._name} {route.path_prefix}")
-        self.server.set_attribute("http.route", route.path_prefix)
-        self.server.set_attribute("route", route.name)
-        self.server.set_attribute("upstream", route.upstream)
+        self.server.set_attributes(
+            {"http.route": route.path_prefix, "route": route.name, "upstream": route.upstream}
+        )
         headers.popall("traceparent", None)
         states = headers.popall("tracestate", ())
         self._tracestate = ",".join(states) if states else None
@@ -241,16 +240,20 @@ class RequestTrace:
         self._end_attempt(outcome if outcome not in _NOT_ERRORS else None)
         span = self.server
         status = rec.status
-        span.set_attribute("outcome", outcome)
-        span.set_attribute("redactions", self.redactions)
-        span.set_attribute("http.request.body.size", rec.bytes_in)
-        span.set_attribute("http.response.body.size", rec.bytes_out)
+        attrs: dict[str, Any] = {
+            "outcome": outcome,
+            "redactions": self.redactions,
+            "http.response.body.size": rec.bytes_out,
+        }
+        if rec.bytes_in:
+            attrs["http.request.body.size"] = rec.bytes_in
         if status:
-            span.set_attribute("http.response.status_code", status)
+            attrs["http.response.status_code"] = status
         if status >= 500:
-            span.set_attribute("error.type", str(status))
-            span.set_status(self.tracing.ERROR)
+            attrs["error.type"] = str(status)
         elif outcome not in _NOT_ERRORS:
-            span.set_attribute("error.type", outcome)
+            attrs["error.type"] = outcome
+        span.set_attributes(attrs)  # one call: the SDK takes its lock once
+        if "error.type" in attrs:
             span.set_status(self.tracing.ERROR)
         span.end()

@@ -134,7 +134,6 @@ async def test_server_span_continues_the_client_trace_and_the_upstream_sees_the_
         "url.path": "/logs/app.txt",
         "url.scheme": "http",
         "network.protocol.version": "1.1",
-        "request_id": line["request_id"],
         "server.address": "127.0.0.1",
         "server.port": proxy.port,
         "client.address": "127.0.0.1",
@@ -144,7 +143,6 @@ async def test_server_span_continues_the_client_trace_and_the_upstream_sees_the_
         "upstream": "api",
         "outcome": "ok",
         "redactions": 1,
-        "http.request.body.size": 0,
         "http.response.body.size": len(b"[REDACTED] ok\n"),
         "http.response.status_code": 200,
     }
@@ -345,3 +343,38 @@ async def test_workers_each_export_their_spans(
     assert all(s.parent_id == "" for s in servers)
     traced = {h["traceparent"].split("-")[1] for h in seen}
     assert traced == {s.trace_id for s in servers}
+
+
+async def test_failures_mark_the_spans_and_uploads_are_counted(
+    aiohttp_server, receiver: tuple[Receiver, str], traced_proxy: TracedProxy, unused_tcp_port
+) -> None:
+    rcv, collector = receiver
+    seen: list[dict[str, str]] = []
+    up = await aiohttp_server(recorder(seen, b"ok"))
+    upstreams = {"api": [origin(up)], "dead": [f"http://127.0.0.1:{unused_tcp_port}"]}
+    routes = [
+        {"name": "down", "match": {"path_prefix": "/down/"}, "upstream": "dead"},
+        {"name": "up", "match": {"path_prefix": "/up/"}, "upstream": "api"},
+    ]
+    proxy = await traced_proxy(upstreams, routes, {"otlp_endpoint": collector})
+    async with aiohttp.ClientSession() as s:
+        async with s.get(proxy.url("/down/")) as r:
+            assert r.status == 502
+        async with s.post(proxy.url("/up/"), data=b"x" * 1000) as r:
+            assert r.status == 200
+        async with s.get(proxy.url("/nowhere")) as r:
+            assert r.status == 404
+    await proxy.until_logged(3)
+    await flush(proxy)
+    await rcv.until(5)
+    by_route = {s.attributes.get("route"): s for s in rcv.of_kind("server")}
+    down, upload, unrouted = by_route["down"], by_route["up"], by_route[None]
+    assert down.status == 2 and down.attributes["error.type"] == "502"
+    assert down.attributes["outcome"] == "upstream_error"
+    (failed,) = [c for c in rcv.of_kind("client") if c.parent_id == down.span_id]
+    assert failed.status == 2 and failed.attributes["error.type"] == "ConnectError"
+    assert upload.name == "POST /up/" and upload.attributes["http.request.body.size"] == 1000
+    assert upload.status == 0
+    assert unrouted.name == "GET" and unrouted.attributes["http.response.status_code"] == 404
+    assert "http.route" not in unrouted.attributes
+    assert len(rcv.spans) == 5  # three server spans, two client spans
