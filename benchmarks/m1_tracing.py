@@ -51,7 +51,7 @@ def extract(ref: str, into: Path) -> Path:
 
 
 def start(
-    name: str, code: Path, upstream: int, logdir: Path, tracing: dict[str, object] | None
+    name: str, code: Path, tracing: dict[str, object] | None, *, upstream: int, logdir: Path
 ) -> tuple[Proc, str]:
     port, admin = free_port(), free_port()
     conf = proxy_config(port, admin, upstream, 1, m5_routes=[])
@@ -84,12 +84,19 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--repeat", type=int, default=3, help="runs per column")
     ap.add_argument("--out", help="raw JSON results (default: benchmarks/results/)")
+    ap.add_argument(
+        "--columns",
+        default=",".join(COLUMNS),
+        help=f"comma list of columns (default all: {COLUMNS})",
+    )
     args = ap.parse_args()
+    columns = [c for c in COLUMNS if c in args.columns.split(",")]
+    assert columns and columns[0] == "base", "the base column is needed for the ratios"
 
     work = Path(tempfile.mkdtemp(prefix="streamproxy-m1-tracing-"))
     logdir = work / "logs"
     logdir.mkdir()
-    runs: dict[str, list[dict[str, float]]] = {c: [] for c in COLUMNS}
+    runs: dict[str, list[dict[str, float]]] = {c: [] for c in columns}
     try:
         base = extract(args.base, work)
         _, upstream = start_upstream(logdir, 3600)
@@ -103,23 +110,21 @@ def main() -> int:
         ).start()
         assert wait_port(sink_port, sink, 30.0), sink.stderr_tail()
         collector = f"http://127.0.0.1:{sink_port}"
-        peers = {
-            "base": start("base", base, upstream, logdir, None),
-            "off": start("off", REPO, upstream, logdir, None),
-            "on": start("on", REPO, upstream, logdir, {"otlp_endpoint": collector}),
-            "on-unsampled": start(
-                "on-unsampled",
-                REPO,
-                upstream,
-                logdir,
-                {"otlp_endpoint": collector, "sample_ratio": 0.0},
-            ),
+        settings: dict[str, tuple[Path, dict[str, object] | None]] = {
+            "base": (base, None),
+            "off": (REPO, None),
+            "on": (REPO, {"otlp_endpoint": collector}),
+            "on-unsampled": (REPO, {"otlp_endpoint": collector, "sample_ratio": 0.0}),
         }
+        peers = {c: start(c, *settings[c], upstream=upstream, logdir=logdir) for c in columns}
         for name, (_, url) in peers.items():
             load.wrk(url + "/1k", 1, 50, 1, LOAD_CPU)  # warm-up
             print(f"warmed up {name}", file=sys.stderr)
         for i in range(args.repeat):
-            for name, (proc, url) in peers.items():
+            # Every other round runs the columns backwards (A B C, C B A, ...): no column
+            # always follows the same one.
+            order = list(peers.items()) if i % 2 == 0 else list(reversed(peers.items()))
+            for name, (proc, url) in order:
                 res = measure(proc, url, args.seconds)
                 runs[name].append(res)
                 print(f"run {i + 1} {name}: {res}", file=sys.stderr)
@@ -132,11 +137,14 @@ def main() -> int:
         return statistics.median(r[key] for r in runs[col])
 
     keys = [("rps", "req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("cpu_pct", "CPU %")]
-    keys = [(k, label) for k, label in keys if all(k in r for c in COLUMNS for r in runs[c])]
-    head = "| | " + " | ".join(COLUMNS) + " | " + " | ".join(f"{c}/base" for c in COLUMNS[1:])
-    lines = [head + " |", "|---" * (1 + 2 * len(COLUMNS) - 1) + "|"]
+    keys = [(k, label) for k, label in keys if all(k in r for c in columns for r in runs[c])]
+    for r in (r for c in columns for r in runs[c]):
+        r["per_cpu_s"] = r["rps"] / (r["cpu_pct"] / 100) if r.get("cpu_pct") else 0.0
+    keys.append(("per_cpu_s", "req per CPU-second"))
+    head = "| | " + " | ".join(columns) + " | " + " | ".join(f"{c}/base" for c in columns[1:])
+    lines = [head + " |", "|---" * (1 + 2 * len(columns) - 1) + "|"]
     for key, label in keys:
-        vals = [med(c, key) for c in COLUMNS]
+        vals = [med(c, key) for c in columns]
         ratios = [v / vals[0] if vals[0] else float("nan") for v in vals[1:]]
         cells = [f"{v:,.1f}" for v in vals] + [f"{r:.3f}" for r in ratios]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

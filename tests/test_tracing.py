@@ -378,3 +378,81 @@ async def test_failures_mark_the_spans_and_uploads_are_counted(
     assert unrouted.name == "GET" and unrouted.attributes["http.response.status_code"] == 404
     assert "http.route" not in unrouted.attributes
     assert len(rcv.spans) == 5  # three server spans, two client spans
+
+
+async def test_a_websocket_session_is_one_server_and_one_client_span(
+    aiohttp_server, receiver: tuple[Receiver, str], traced_proxy: TracedProxy
+) -> None:
+    rcv, collector = receiver
+    seen: list[dict[str, str]] = []
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        seen.append(dict(request.headers))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", echo)
+    up = await aiohttp_server(app)
+    proxy = await traced_proxy(
+        {"api": [origin(up)]},
+        [{"upstream": "api", "headers": {"request": {"set": {"X-Api-Key": "k"}}}}],
+        {"otlp_endpoint": collector},
+    )
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(proxy.url("/ws"), headers={"traceparent": traceparent()}) as ws,
+    ):
+        for i in range(5):
+            await ws.send_str(f"m{i}")
+            assert (await ws.receive(timeout=5)).data == f"m{i}"
+    await proxy.until_logged(1)
+    await flush(proxy)
+    await rcv.until(2)
+    (server,) = rcv.of_kind("server")
+    (client,) = rcv.of_kind("client")
+    assert len(rcv.spans) == 2
+    assert server.parent_id == PARENT and client.parent_id == server.span_id
+    assert seen[0]["traceparent"] == traceparent(TRACE, client.span_id)
+    assert seen[0]["X-Api-Key"] == "k"  # request rules reach the handshake too
+    assert server.attributes["http.response.status_code"] == 101
+    assert client.end <= server.end
+
+
+async def test_a_reload_keeps_the_exporter_when_tracing_is_unchanged(
+    aiohttp_server, receiver: tuple[Receiver, str], tmp_path
+) -> None:
+    rcv, collector = receiver
+    up = await aiohttp_server(recorder([], b"ok"))
+    path = tmp_path / "proxy.yaml"
+
+    def write(service: str) -> None:
+        data = proxy_config({"api": [origin(up)]}, [{"upstream": "api"}])
+        data["tracing"] = {"otlp_endpoint": collector, "service_name": service}
+        path.write_text(json.dumps(data))
+
+    write("one")
+    from proxy.config import load_config
+
+    server = ProxyServer(load_config(path), str(path), access_log=AccessLog(stream=io.StringIO()))
+    await server.start()
+    try:
+        first = server.runtime.tracing
+        assert await server.reload()
+        assert server.runtime.tracing is first  # same settings: the same exporter
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{server.proxy_port}/"):
+            pass
+        write("two")
+        assert await server.reload()
+        assert server.runtime.tracing is not first
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{server.proxy_port}/"):
+            pass
+        await rcv.until(2)  # the retired runtime's exporter exported what it held on closing
+        assert {s.resource["service.name"] for s in rcv.spans} == {"one"}
+    finally:
+        await server.stop()
+    spans = await rcv.until(4)
+    assert sorted(s.resource["service.name"] for s in spans) == ["one", "one", "two", "two"]
