@@ -114,6 +114,30 @@ def _method(method: str) -> tuple[str, dict[str, str]]:
     return "HTTP", {"http.request.method": "_OTHER", "http.request.method_original": method}
 
 
+def _server_attributes(
+    request: web.BaseRequest, rec: AccessRecord, method: dict[str, str]
+) -> dict[str, Any]:
+    headers = request.headers
+    attributes: dict[str, Any] = {**method, "url.path": rec.path, "url.scheme": request.scheme}
+    version = request.version
+    if version.minor != 1 or version.major != 1:  # HTTP/1.1 is the default: not repeated
+        attributes["network.protocol.version"] = f"{version.major}.{version.minor}"
+    host = headers.get("Host") or ""
+    address, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not address or not port.isdigit():
+        address, port = host, ""
+    if address:
+        attributes["server.address"] = address.strip("[]")
+    if port:
+        attributes["server.port"] = int(port)
+    if request.remote:
+        attributes["client.address"] = request.remote
+    agent = headers.get("User-Agent")
+    if agent is not None:
+        attributes["user_agent.original"] = agent
+    return attributes
+
+
 class RequestTrace:
     """The spans of one request: the server span and the current upstream attempt's."""
 
@@ -124,6 +148,8 @@ class RequestTrace:
         "_method_attrs",
         "_name",
         "_tracestate",
+        "_transforms",
+        "recording",
         "redactions",
         "server",
         "trace_id",
@@ -133,37 +159,23 @@ class RequestTrace:
     def __init__(self, tracing: Tracing, request: web.BaseRequest, rec: AccessRecord) -> None:
         self.tracing = tracing
         headers = request.headers
-        parent = tracing.propagator.extract(headers)
         name, attrs = _method(request.method)
         self._name = name
         self._method_attrs = attrs
-        host = headers.get("Host") or ""
-        attributes: dict[str, Any] = {
-            **attrs,
-            "url.path": rec.path,
-            "url.scheme": request.scheme,
-            "network.protocol.version": f"{request.version.major}.{request.version.minor}",
-        }
-        address, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
-        if not address or not port.isdigit():
-            address, port = host, ""
-        if address:
-            attributes["server.address"] = address.strip("[]")
-        if port:
-            attributes["server.port"] = int(port)
-        if request.remote:
-            attributes["client.address"] = request.remote
-        agent = headers.get("User-Agent")
-        if agent is not None:
-            attributes["user_agent.original"] = agent
-        self.server = tracing.tracer.start_span(
-            name, context=parent, kind=tracing.SERVER, attributes=attributes
+        # Attributes only for a span that records: an unsampled request costs one span start.
+        span = tracing.tracer.start_span(
+            name, context=tracing.propagator.extract(headers), kind=tracing.SERVER
         )
-        self._client_ctx = tracing.in_context(self.server)
-        self.trace_id = f"{self.server.get_span_context().trace_id:032x}"
+        self.server = span
+        self.recording = span.is_recording()
+        if self.recording:
+            span.set_attributes(_server_attributes(request, rec, attrs))
+        self._client_ctx = tracing.in_context(span)
+        self.trace_id = f"{span.get_span_context().trace_id:032x}"
         self._attempt: Any = None
         self._attempts = 0
         self._tracestate: str | None = None
+        self._transforms = False
         self.redactions = 0
 
     # -- phases ----------------------------------------------------------------------------
@@ -174,17 +186,23 @@ class RequestTrace:
         The client's ``traceparent`` is replaced per attempt by the client span's; its
         ``tracestate`` goes on with it.
         """
-        self.server.update_name(f"{self._name} {route.path_prefix}")
-        self.server.set_attributes(
-            {"http.route": route.path_prefix, "route": route.name, "upstream": route.upstream}
-        )
         headers.popall("traceparent", None)
         states = headers.popall("tracestate", ())
         self._tracestate = ",".join(states) if states else None
+        if self.recording:
+            self._transforms = bool(route.chains.response or route.chains.request)
+            self.server.update_name(f"{self._name} {route.path_prefix}")
+            self.server.set_attributes(
+                {"http.route": route.path_prefix, "route": route.name, "upstream": route.upstream}
+            )
 
     def attempt(self, target: Any, path_qs: str = "/") -> str:
         # ``target`` is None for a WebSocket handshake (aiohttp picks the connection).
         """Start the client span of one attempt on ``target``; the header lines to send with it."""
+        if not self.recording:
+            # Not sampled: no client span; the upstream continues the trace, unsampled.
+            ctx = self.server.get_span_context()
+            return self._traceparent(ctx.trace_id, ctx.span_id, ctx.trace_flags)
         self._end_attempt(None)
         tracing = self.tracing
         attrs: dict[str, Any] = dict(self._method_attrs)
@@ -199,9 +217,11 @@ class RequestTrace:
             self._name, context=self._client_ctx, kind=tracing.CLIENT, attributes=attrs
         )
         self._attempt = span
-        carrier: dict[str, str] = {}
-        tracing.propagator.inject(carrier, context=tracing.in_context(span))
-        lines = f"traceparent: {carrier['traceparent']}\r\n"
+        ctx = span.get_span_context()
+        return self._traceparent(ctx.trace_id, ctx.span_id, ctx.trace_flags)
+
+    def _traceparent(self, trace_id: int, span_id: int, flags: int) -> str:
+        lines = f"traceparent: 00-{trace_id:032x}-{span_id:016x}-{flags:02x}\r\n"
         if self._tracestate:
             lines += f"tracestate: {self._tracestate}\r\n"
         return lines
@@ -236,15 +256,15 @@ class RequestTrace:
 
     def end(self, rec: AccessRecord) -> None:
         """The body ended (or the request failed): end the spans with what the log says."""
+        if not self.recording:
+            return
         outcome = rec.outcome
         self._end_attempt(outcome if outcome not in _NOT_ERRORS else None)
         span = self.server
         status = rec.status
-        attrs: dict[str, Any] = {
-            "outcome": outcome,
-            "redactions": self.redactions,
-            "http.response.body.size": rec.bytes_out,
-        }
+        attrs: dict[str, Any] = {"outcome": outcome, "http.response.body.size": rec.bytes_out}
+        if self._transforms:  # a route without transforms redacts nothing
+            attrs["redactions"] = self.redactions
         if rec.bytes_in:
             attrs["http.request.body.size"] = rec.bytes_in
         if status:

@@ -133,7 +133,6 @@ async def test_server_span_continues_the_client_trace_and_the_upstream_sees_the_
         "http.request.method": "GET",
         "url.path": "/logs/app.txt",
         "url.scheme": "http",
-        "network.protocol.version": "1.1",
         "server.address": "127.0.0.1",
         "server.port": proxy.port,
         "client.address": "127.0.0.1",
