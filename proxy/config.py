@@ -280,8 +280,6 @@ class TracingConfig(_Model):
     sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     """Share of new traces recorded; a client's `traceparent` decides for the traces it
     continues (parent-based sampling)."""
-    export_timeout: Duration = 10.0
-    """How long one export to the collector may take."""
 
     @field_validator("otlp_endpoint")
     @classmethod

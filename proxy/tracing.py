@@ -85,9 +85,9 @@ class Tracing:
             resource=resource,
             shutdown_on_exit=False,
         )
-        exporter = OTLPSpanExporter(
-            endpoint=traces_url(config.otlp_endpoint), timeout=config.export_timeout
-        )
+        # Timeouts, headers (a collector's token) and batching come from the SDK's OTEL_*
+        # environment variables: the config keys are the contract's three.
+        exporter = OTLPSpanExporter(endpoint=traces_url(config.otlp_endpoint))
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("streamproxy", __version__)
         self.propagator = TraceContextTextMapPropagator()
