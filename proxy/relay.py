@@ -103,7 +103,10 @@ class Relay:
                 rec.route or "", rec.upstream or "", rec.status, end - start, rec.bytes_out
             )
             if rec.trace is not None:
-                rec.trace.end(rec)
+                try:
+                    rec.trace.end(rec)
+                except Exception:  # a tracing fault never costs the request its log line
+                    log.exception("ending the request's spans failed", extra={"request_id": rid})
             self.access_log.write(rec, end)
             runtime.release_if_retired()
 
