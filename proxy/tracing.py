@@ -197,8 +197,10 @@ class RequestTrace:
             )
 
     def attempt(self, target: Any, path_qs: str = "/") -> str:
-        # ``target`` is None for a WebSocket handshake (aiohttp picks the connection).
-        """Start the client span of one attempt on ``target``; the header lines to send with it."""
+        """Start the client span of one attempt on ``target``; the header lines to send with it.
+
+        ``target`` is None for a WebSocket handshake (aiohttp picks the connection).
+        """
         if not self.recording:
             # Not sampled: no client span; the upstream continues the trace, unsampled.
             ctx = self.server.get_span_context()
