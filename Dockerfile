@@ -23,8 +23,11 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
 # Dependencies first, from pyproject.toml alone, so this layer is cached until they change.
+# EXTRAS: optional dependency groups to include (comma-separated); `otel` is what `tracing:` needs.
+# `--build-arg EXTRAS=` builds the smallest image, without tracing.
+ARG EXTRAS=otel
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extras = [e for e in os.environ.get('EXTRAS', '').split(',') if e]; print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" \
         > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 

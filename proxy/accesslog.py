@@ -24,6 +24,7 @@ class AccessRecord:
         "start",
         "status",
         "target",
+        "trace",
         "ttfb",
         "upstream",
         "wall",
@@ -44,6 +45,7 @@ class AccessRecord:
         self.ttfb: float | None = None
         self.outcome = "ok"
         self.response: Any = None  # the prepared response, once headers went out
+        self.trace: Any = None  # a tracing.RequestTrace when tracing is on
 
 
 def _s(value: str | None) -> str:
@@ -76,8 +78,11 @@ class AccessLog:
             f'"target":{_s(rec.target)},"status":{int(rec.status)},'
             f'"bytes_in":{int(rec.bytes_in)},"bytes_out":{int(rec.bytes_out)},'
             f'"ttfb_ms":{ttfb},"duration_ms":{round((end - rec.start) * 1000, 3)!r},'
-            f'"outcome":{_s(rec.outcome)}}}\n'
+            f'"outcome":{_s(rec.outcome)}'
         )
+        trace = rec.trace
+        line += "}\n" if trace is None else f',"trace_id":"{trace.trace_id}"}}\n'
+
         if not self._pending:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)

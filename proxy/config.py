@@ -30,6 +30,7 @@ from pydantic import (
 )
 from yarl import URL
 
+from .header_rules import NO_RULES, HeaderRules, parse_header_rules
 from .text.spec import AUTO, BODY, TextSpec, parse_text
 from .units import parse_duration, parse_size
 
@@ -257,6 +258,51 @@ class RouteConfig(_Model):
     request_text: TextSpec = BODY
     """The same for `request_transforms`: a preset reads the prompt fields of the provider's
     request body."""
+    headers: HeaderRules = NO_RULES
+    """Header rules, `{request: RULES, response: RULES, secret: [NAME, ...]}`, where RULES is
+    `{set: {NAME: VALUE}, add: {NAME: VALUE}, remove: [NAME, ...]}` and a VALUE is a string or a
+    list of strings. Applied after the proxy's own headers (X-Forwarded-*, X-Request-ID) and
+    before the transforms settle the body headers (so a transform's `Content-Length`,
+    `Content-Encoding`, `ETag` and `Vary` win); `remove`, then `set` (replaces every value),
+    then `add` (appends). Names are case-insensitive; a request `set: {Host: ...}` is the Host
+    sent upstream. Values are expanded from the environment at load and may not hold CR, LF,
+    NUL or another control character. The values of `Authorization`, `Cookie`, `Set-Cookie`,
+    `Proxy-Authorization`, `X-Api-Key` and the headers named in `secret` are never logged or
+    printed. Framing and hop-by-hop headers (`Content-Length`, `Transfer-Encoding`,
+    `Connection`, ...) can only be removed."""
+
+
+class TracingConfig(_Model):
+    otlp_endpoint: str
+    """OTLP/HTTP collector, e.g. `http://collector:4318` (spans go to its `/v1/traces`)."""
+    service_name: str = "streamproxy"
+    """The `service.name` of the spans."""
+    sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """Share of new traces recorded; a client's `traceparent` decides for the traces it
+    continues (parent-based sampling)."""
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        try:
+            url = URL(value)
+        except (ValueError, TypeError):
+            raise ValueError("not a URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("an http:// or https:// URL of the collector is needed")
+        return value
+
+    @model_validator(mode="after")
+    def _installed(self) -> TracingConfig:
+        from .tracing import missing_packages
+
+        missing = missing_packages()
+        if missing:
+            raise ValueError(
+                f"tracing needs the OpenTelemetry packages ({', '.join(missing)} missing): "
+                "pip install 'streamproxy[otel]'"
+            )
+        return self
 
 
 class DemoConfig(_Model):
@@ -279,6 +325,8 @@ class Config(_Model):
     """Routes, tried in order."""
     demo: DemoConfig | None = None
     """Start the bundled demo upstream (a slow streaming source) in-process."""
+    tracing: TracingConfig | None = None
+    """OpenTelemetry tracing over OTLP/HTTP (off when unset; needs `streamproxy[otel]`)."""
     _chains: list[Any] = PrivateAttr(default_factory=list)
 
     def chains(self, index: int) -> Any:
@@ -417,6 +465,18 @@ def _check_texts(data: dict[str, Any], problems: list[str]) -> None:
                 route[key] = spec if spec is not None else (AUTO if key == "text" else BODY)
 
 
+def _check_headers(data: dict[str, Any], problems: list[str]) -> None:
+    """Read each route's ``headers`` into HeaderRules; problems name the key path, never a value."""
+    routes = data.get("routes")
+    if not isinstance(routes, list):
+        return
+    for i, route in enumerate(routes):
+        if isinstance(route, dict) and "headers" in route:
+            route["headers"] = parse_header_rules(
+                route["headers"], f"routes[{i}].headers", problems
+            )
+
+
 def _structure_problems(exc: ValidationError) -> list[str]:
     described = [_describe(err) for err in exc.errors(include_url=False)]
     # "targtes: unknown key (did you mean 'targets'?)" already says that targets is missing.
@@ -456,6 +516,7 @@ def _validate(data: Any) -> Config:
         ]
     _check_references(data, problems)
     _check_texts(data, problems)
+    _check_headers(data, problems)
     config: Config | None = None
     try:
         config = Config.model_validate(data)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -87,6 +87,8 @@ class Relay:
         rid = request_id(request.headers.get(X_REQUEST_ID))
         raw = request.raw_path
         rec = AccessRecord(request.method, raw.split("?", 1)[0], rid, start)
+        if runtime.tracing is not None:
+            rec.trace = runtime.tracing.begin(request, rec)
         self.active += 1
         self.metrics.active_streams.inc()
         runtime.users += 1
@@ -100,6 +102,11 @@ class Relay:
             self.metrics.request_done(
                 rec.route or "", rec.upstream or "", rec.status, end - start, rec.bytes_out
             )
+            if rec.trace is not None:
+                try:
+                    rec.trace.end(rec)
+                except Exception:  # a tracing fault never costs the request its log line
+                    log.exception("ending the request's spans failed", extra={"request_id": rid})
             self.access_log.write(rec, end)
             runtime.release_if_retired()
 
@@ -194,6 +201,14 @@ class Relay:
         if client_host is not None:
             headers[X_FORWARDED_HOST] = client_host
         headers[X_REQUEST_ID] = rid
+        rules = route.headers
+        host_header = client_host if route.preserve_host else None
+        if rules is not None:
+            rules.request.apply(headers)  # after the proxy's own headers, before transforms
+            host_header = rules.request.host or host_header
+        trace = rec.trace
+        if trace is not None:
+            trace.routed(route, headers)
         if route.chains.response:
             for name in RANGE_HEADERS:
                 headers.popall(name, None)
@@ -206,9 +221,10 @@ class Relay:
             if route.chains.response or route.chains.request:
                 # Fail closed: messages would bypass the route's transforms.
                 raise BadRequest("WebSocket upgrades are refused on routes with transforms")
-            host = client_host if route.preserve_host else None
+            if trace is not None:
+                trace.inject(headers)
             return await relay_websocket(
-                request, upstream, route.upstream_path(raw), headers, host, rec
+                request, upstream, route.upstream_path(raw), headers, host_header, rec
             )
 
         body_state = BodyState()
@@ -218,7 +234,7 @@ class Relay:
             await self._continue(request)
             body = limited_body(request.content.iter_any(), limit, body_state)
             if route.chains.request:
-                ctx = self._context(route, rid, "request", request.headers)
+                ctx = self._context(route, rid, "request", request.headers, trace)
                 try:
                     request_plan = plan_body(
                         route.chains.request, headers, "*", ctx, route.request_text
@@ -229,7 +245,6 @@ class Relay:
                     ) from None
                 if request_plan is not None:
                     body = _rejecting(request_plan.chain(body), body_state)
-        host_header = client_host if route.preserve_host else None
         path_qs = route.upstream_path(raw)
 
         upstream_resp: H1Response | None = None
@@ -238,12 +253,14 @@ class Relay:
         done = False
         try:
             upstream_resp, target = await upstream.send(
-                request.method, path_qs, headers, body, host_header, body_state
+                request.method, path_qs, headers, body, host_header, body_state, trace
             )
             del headers  # sent: not kept for the life of the stream
             rec.target = target.origin
+            if trace is not None:
+                trace.answered(upstream_resp.status)
             try:
-                response, plan = self._response_head(request, route, upstream_resp, rid)
+                response, plan = self._response_head(request, route, upstream_resp, rid, trace)
                 rec.response = response
                 rec.status = response.status
                 await response.prepare(request)
@@ -298,13 +315,17 @@ class Relay:
         if request.version >= aiohttp.HttpVersion11:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def _context(self, route: Route, rid: str, direction: str, headers: object) -> TransformContext:
+    def _context(
+        self, route: Route, rid: str, direction: str, headers: object, trace: Any = None
+    ) -> TransformContext:
         metrics = self.metrics
         name = route.name
 
         def sink(counter: str, n: int) -> None:
             if counter == "redactions":
                 metrics.redactions.labels(name).inc(n)
+                if trace is not None:
+                    trace.redactions += n
 
         return TransformContext(
             route=route.name,
@@ -321,6 +342,7 @@ class Relay:
         route: Route,
         upstream_resp: H1Response,
         rid: str,
+        trace: Any = None,
     ) -> tuple[web.StreamResponse, BodyPlan | None]:
         if upstream_resp.status < 200:
             # A 1xx as the final answer (an upgrade nobody asked for, a status such as 099)
@@ -336,9 +358,14 @@ class Relay:
                 # obs-text passes, as its bytes (see RelayedResponse).
                 raise UpstreamUnavailable("upstream sent a control character in a header value")
         headers[X_REQUEST_ID] = rid
+        if parse_content_type(headers.get("Content-Type"))[0] == "text/event-stream":
+            headers["X-Accel-Buffering"] = "no"
+        if route.headers is not None:
+            # After the proxy's own headers; before the transforms settle the body headers.
+            route.headers.response.apply(headers)
         plan = None
         if route.chains.response and _has_body(request.method, upstream_resp.status):
-            ctx = self._context(route, rid, "response", upstream_headers)
+            ctx = self._context(route, rid, "response", upstream_headers, trace)
             try:
                 plan = plan_body(
                     route.chains.response,
@@ -352,8 +379,6 @@ class Relay:
                 raise UpstreamBodyError(
                     "the upstream used a Content-Encoding the route's transforms cannot decode"
                 ) from None
-        if parse_content_type(headers.get("Content-Type"))[0] == "text/event-stream":
-            headers["X-Accel-Buffering"] = "no"
         # When the body's first bytes are already here and go out untransformed, the head can
         # leave in the same write as them: one system call less, and no later for the client.
         ready = plan is None and upstream_resp.ready

@@ -12,6 +12,7 @@ class Route:
 
     __slots__ = (
         "chains",
+        "headers",
         "host",
         "methods",
         "name",
@@ -36,6 +37,8 @@ class Route:
         self.chains = chains
         self.text = config.text
         self.request_text = config.request_text
+        rules = config.headers
+        self.headers = rules if rules else None  # None: no rules, nothing to do per request
 
     def matches(self, method: str, host: str | None, raw_path: str) -> bool:
         if not raw_path.startswith(self.path_prefix):

@@ -7,6 +7,7 @@ sessions the new one did not carry over once its in-flight requests are done.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from .config import Config
 from .routing import Route, Router
@@ -26,6 +27,10 @@ class Runtime:
             else:
                 self.upstreams[name] = Upstream(name, upstream_config)
                 self._fresh.append(self.upstreams[name])
+        # Tracing is made in start() (never in a supervisor, which serves no requests); the same
+        # settings on reload keep the same exporter.
+        self.tracing: Any = None
+        self._previous_tracing = previous.tracing if previous is not None else None
         self.users = 0
         self.retired = False
         self._successor: Runtime | None = None
@@ -35,6 +40,16 @@ class Runtime:
     async def start(self) -> None:
         for upstream in self._fresh:
             await upstream.start()
+        tracing = self.config.tracing
+        if tracing is not None:
+            old = self._previous_tracing
+            if old is not None and old.config == tracing:
+                self.tracing = old
+            else:
+                from .tracing import Tracing
+
+                self.tracing = Tracing(tracing)
+        self._previous_tracing = None
 
     def retire(self, successor: Runtime | None) -> None:
         """Stop taking new requests; close what ``successor`` does not share once idle."""
@@ -52,6 +67,11 @@ class Runtime:
             for upstream in self.upstreams.values():
                 if id(upstream) not in kept:
                     await upstream.close()
+            tracing = self.tracing
+            successor = self._successor
+            if tracing is not None and (successor is None or successor.tracing is not tracing):
+                # Exports what is left; blocking, so off the event loop.
+                await asyncio.get_running_loop().run_in_executor(None, tracing.shutdown)
         finally:
             self._closed.set()
 

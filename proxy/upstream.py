@@ -11,6 +11,7 @@ import re
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -178,6 +179,7 @@ class Upstream:
         body: AsyncIterable[bytes] | None,
         host_header: str | None,
         body_state: BodyState,
+        trace: Any = None,
     ) -> tuple[H1Response, Target]:
         """Send the request to a target and return once its response headers arrived.
 
@@ -212,14 +214,13 @@ class Upstream:
             except UpstreamUnavailable:
                 break
             tried.add(target)
-            text = f"{line}{host_header or target.host_header}\r\n{fields}\r\n"
+            # With tracing on, each attempt carries its own client span's traceparent.
+            extra = "" if trace is None else trace.attempt(target, path_qs)
+            text = f"{line}{host_header or target.host_header}\r\n{fields}{extra}\r\n"
+            n = lines + extra.count("\r\n") if extra else lines
             # As aiohttp's writers: no control character but HTAB in the request line or a
             # header (CR and LF only as the line ends).
-            if (
-                text.count("\n") != lines
-                or text.count("\r") != lines
-                or _CONTROL.search(text) is not None
-            ):
+            if text.count("\n") != n or text.count("\r") != n or _CONTROL.search(text) is not None:
                 raise ValueError("a control character in the request line or a header")
             head = text.encode("utf-8", "surrogateescape")
             target.outstanding += 1
@@ -244,6 +245,8 @@ class Upstream:
                             raise
             except BaseException as exc:
                 target.outstanding -= 1
+                if trace is not None:
+                    trace.attempt_failed(exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 if body_state.error is not None:

@@ -8,6 +8,7 @@ covers the drain, non-root and read-only containers, the config mounted where th
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -389,3 +390,114 @@ def test_bundled_proxy_yaml_listeners_are_reachable_in_the_image() -> None:
     exposed = {int(p.split("/")[0]) for p in dockerfile_one("EXPOSE").split()}
     assert {server_port, admin_port} <= exposed
     assert f":{admin_port}/healthz" in dockerfile_one("HEALTHCHECK")
+
+
+# --- the sidecar that holds the key, and tracing ------------------------------------------------
+
+
+def egress_yaml_text() -> str:
+    data = only("ConfigMap")["data"]
+    assert "egress.yaml" in data, "the ConfigMap carries the egress sidecar's egress.yaml"
+    return data["egress.yaml"]
+
+
+def secret_env(c: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Environment variables of a container that come from a Secret: name → secretKeyRef."""
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in c.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def test_the_egress_key_comes_from_a_secret_through_a_header_rule() -> None:
+    egress = container("egress")
+    env = {e["name"]: e.get("value") for e in egress.get("env", [])}
+    assert env["PROXY_CONFIG"] == "/etc/streamproxy/egress.yaml"
+    mounts = [m for m in egress["volumeMounts"] if m["mountPath"] == "/etc/streamproxy"]
+    assert mounts and all(m.get("readOnly") for m in mounts)
+    secrets = secret_env(egress)
+    assert set(secrets) == {"LLM_API_KEY"}
+    assert secrets["LLM_API_KEY"]["name"] == "llm-api-key"
+    assert not secrets["LLM_API_KEY"].get("optional"), "no key: the pod must not start"
+    cfg = yaml.safe_load(egress_yaml_text())
+    (route,) = cfg["routes"]
+    rules = route["headers"]["request"]
+    assert rules["set"]["Authorization"] == "Bearer ${LLM_API_KEY}"
+    assert "X-Forwarded-For" in rules["remove"]
+    # Only the pod reaches the listener that spends the key; the Service never targets it.
+    assert cfg["server"]["host"] == "127.0.0.1"
+    served = {
+        resolve_port(container("proxy"), p["targetPort"]) for p in only("Service")["spec"]["ports"]
+    }
+    assert cfg["server"]["port"] not in served
+    # The app is pointed at the sidecar and holds no key of its own.
+    app = container("app")
+    assert not secret_env(app)
+    app_env = {e["name"]: e.get("value", "") for e in app.get("env", [])}
+    assert app_env["OPENAI_BASE_URL"].startswith(f"http://127.0.0.1:{cfg['server']['port']}/")
+    # The admin listener of the egress sidecar is probed like the proxy's.
+    admin_port = cfg["admin"]["port"]
+    for probe_name, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        http = egress[probe_name]["httpGet"]
+        assert (http["path"], resolve_port(egress, http["port"])) == (path, admin_port)
+
+
+def test_both_sidecars_trace_to_the_collector_service() -> None:
+    for text in (proxy_yaml_text(), egress_yaml_text()):
+        tracing = yaml.safe_load(text)["tracing"]
+        endpoint = expand(tracing["otlp_endpoint"], {})
+        assert re.fullmatch(r"http://[a-z0-9-]+\.[a-z0-9-]+\.svc(\.cluster\.local)?:4318", endpoint)
+        assert tracing["service_name"].startswith("demo-app-")
+
+
+async def test_the_egress_recipe_injects_the_key_and_traces(
+    aiohttp_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """egress.yaml as shipped, run with the pod's environment: the app's request goes out with
+    the Secret's key, which no log line shows, and its spans reach the collector."""
+    import io
+
+    import aiohttp
+    from aiohttp import web
+
+    from proxy.accesslog import AccessLog
+    from proxy.config import validate_data
+    from proxy.server import ProxyServer
+
+    from .support.otlp import Receiver
+
+    seen: list[dict[str, str]] = []
+
+    async def api(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.json_response({"echo": "sk-" + "x" * 30}, headers={"Set-Cookie": "a=1"})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", api)
+    upstream = await aiohttp_server(app)
+    rcv = Receiver()
+    collector = await aiohttp_server(rcv.app())
+    key = "sk-test-" + "k" * 32
+    monkeypatch.setenv("LLM_API_KEY", key)
+    monkeypatch.setenv("LLM_API_URL", f"http://127.0.0.1:{upstream.port}")
+    monkeypatch.setenv("OTEL_COLLECTOR_URL", f"http://127.0.0.1:{collector.port}")
+    data = yaml.safe_load(egress_yaml_text())
+    data["server"]["port"] = data["admin"]["port"] = 0  # the test's own free ports
+    log = io.StringIO()
+    server = ProxyServer(validate_data(data), access_log=AccessLog(stream=log))
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.proxy_port}/v1/chat/completions"
+        async with aiohttp.ClientSession() as s, s.post(url, json={"model": "m"}) as r:
+            assert r.status == 200
+            assert "Set-Cookie" not in r.headers
+            assert await r.json() == {"echo": "[KEY]"}
+    finally:
+        await server.stop()  # the drain exports the spans
+    assert seen[0]["Authorization"] == f"Bearer {key}"
+    assert "X-Forwarded-For" not in seen[0]
+    assert key not in log.getvalue()
+    spans = await rcv.until(2)
+    assert {s.resource["service.name"] for s in spans} == {"demo-app-egress"}
+    assert json.loads(log.getvalue())["trace_id"] == spans[0].trace_id
