@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -76,11 +77,26 @@ def _target(value: str) -> str:
     return str(url.origin())
 
 
+def _forward_proxy(value: str) -> str:
+    try:
+        url = URL(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a URL ({exc})") from None
+    if url.scheme != "http" or not url.host:
+        raise ValueError("a forward proxy is http://host:port")
+    if url.raw_user or url.raw_password:
+        raise ValueError("credentials in the forward proxy's URL are not supported")
+    if url.raw_path not in ("", "/") or url.raw_query_string or url.raw_fragment:
+        raise ValueError("a forward proxy is http://host:port only, without path or query")
+    return str(url.origin())
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Method = Annotated[str, AfterValidator(_method)]
 Target = Annotated[str, AfterValidator(_target)]
+ForwardProxy = Annotated[str, AfterValidator(_forward_proxy)]
 TransformEntry = Any  # a one-key mapping NAME: {options}, checked by plugin_loader
 
 
@@ -202,6 +218,21 @@ class UpstreamConfig(_Model):
     """Further targets tried when a request could not be delivered."""
     health: HealthCheck | None = None
     """Active health checks (off when unset)."""
+    client: Literal["native", "aiohttp"] = "native"
+    """The upstream transport: `native`, the proxy's own HTTP/1.1 client (fastest), or
+    `aiohttp`, aiohttp's `ClientSession` (which can also go through a forward `proxy`)."""
+    proxy: ForwardProxy | None = None
+    """An HTTP forward proxy (`http://host:port`) the targets are reached through; needs
+    `client: aiohttp`."""
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_needs_aiohttp(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("client", "native") != "aiohttp":
+            raise ValueError(
+                "a forward proxy needs 'client: aiohttp' (the native client connects directly)"
+            )
+        return value
 
 
 class MatchConfig(_Model):

@@ -20,7 +20,10 @@
    (``Content-Type: application/octet-stream``, ``Server``); the proxy's own responses carry no
    ``Server`` either (:class:`ProxyRequest`).
 
-This is the one module that uses aiohttp's server internals; each use is commented.
+This is the one module that uses aiohttp's internals (its server's, and three of its client's,
+gathered at the end: the bound port of a site, the body sender of a client response, the
+connection under a client WebSocket); each use is commented with what it relies on. A new
+aiohttp release is checked against this file.
 
 :class:`ProxyWebServer` is a drop-in ``web.Server`` whose connections use that handler::
 
@@ -347,6 +350,17 @@ class RelayedResponse(web.StreamResponse):
             writer.send_headers()
 
 
+class HeadWithBody(RelayedResponse):
+    """A relayed response whose head is written together with the first body bytes (or the end).
+
+    aiohttp internals: ``StreamResponse._send_headers_immediately`` (a class attribute, True by
+    default) makes ``_write_headers`` send the head at ``prepare()``; False keeps it in the
+    writer's buffer until the first ``write()`` or ``write_eof()``, which send both at once.
+    """
+
+    _send_headers_immediately = False
+
+
 def serialize_head(status_line: str, headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bytes:
     """A response head as bytes: each header's text back to the bytes it stands for."""
     lines = [status_line]
@@ -371,3 +385,39 @@ def json_error(status: int, detail: str, request_id: str | None = None) -> web.R
     )
     resp.force_close()
     return resp
+
+
+# -- aiohttp internals used outside the listener ------------------------------------------------
+
+
+def bound_port(site: web.TCPSite) -> int:
+    """The port a started site listens on (to learn an ephemeral port).
+
+    aiohttp internals: ``TCPSite._server`` is the ``asyncio.Server`` that ``start()`` made;
+    aiohttp gives no public way to the bound socket.
+    """
+    server: Any = site._server  # type: ignore[attr-defined]
+    return int(server.sockets[0].getsockname()[1])
+
+
+async def request_body_sent(resp: Any) -> None:
+    """Wait until a ``ClientResponse``'s request body sender has stopped.
+
+    aiohttp internals: ``ClientResponse._writer`` is the task streaming the request body
+    (``None`` once it finished); ``close()`` cancels it but does not wait for it, and the body's
+    generators must not be closed under a sender still inside them.
+    """
+    writer = getattr(resp, "_writer", None)
+    if writer is not None and not writer.done():
+        await asyncio.wait((writer,))
+
+
+def drop_websocket_connection(ws: Any) -> None:
+    """Close a client WebSocket's connection without a close frame (its closing handshake is
+    already done).
+
+    aiohttp internals: ``ClientWebSocketResponse._response`` is the handshake's
+    ``ClientResponse``, holding the connection; closing it is what ``ClientWebSocketResponse
+    .close()`` does once its closing handshake has completed.
+    """
+    ws._response.close()

@@ -35,7 +35,6 @@ from .errors import (
     UpstreamUnavailable,
     error_response,
 )
-from .h1client import H1Error, H1Response
 from .headers import (
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
@@ -46,12 +45,12 @@ from .headers import (
     request_id,
 )
 from .metrics import Metrics
-from .pipeline import BodyPlan, filter_accept_encoding, plan_body, read_failure, upstream_body
-from .protocol import RelayedResponse
+from .pipeline import BodyPlan, filter_accept_encoding, plan_body, upstream_body
+from .protocol import HeadWithBody, RelayedResponse
 from .routing import Route, has_dot_segment
 from .text.errors import TextFormatError
 from .transform_api import TransformContext
-from .upstream import BodyState, limited_body
+from .upstream import BodyState, Exchange, limited_body
 from .websocket import is_websocket_upgrade, relay_websocket
 
 if TYPE_CHECKING:
@@ -232,32 +231,29 @@ class Relay:
         host_header = client_host if route.preserve_host else None
         path_qs = route.upstream_path(raw)
 
-        upstream_resp: H1Response | None = None
+        upstream_resp: Exchange | None = None
         plan: BodyPlan | None = None
         response: web.StreamResponse | None = None
         done = False
         try:
-            upstream_resp, target = await upstream.send(
+            upstream_resp = await upstream.send(
                 request.method, path_qs, headers, body, host_header, body_state
             )
             del headers  # sent: not kept for the life of the stream
-            rec.target = target.origin
-            try:
-                response, plan = self._response_head(request, route, upstream_resp, rid)
-                rec.response = response
-                rec.status = response.status
-                await response.prepare(request)
-                rec.ttfb = self._now()
-                if not _has_body(request.method, upstream_resp.status):
-                    await response.write_eof()
-                    done = True
-                    return response
-                await self._relay_body(upstream_resp, response, plan, rec)
+            rec.target = upstream_resp.target.origin
+            response, plan = self._response_head(request, route, upstream_resp, rid)
+            rec.response = response
+            rec.status = response.status
+            await response.prepare(request)
+            rec.ttfb = self._now()
+            if not _has_body(request.method, upstream_resp.status):
                 await response.write_eof()
                 done = True
                 return response
-            finally:
-                target.outstanding -= 1
+            await self._relay_body(upstream_resp, response, plan, rec)
+            await response.write_eof()
+            done = True
+            return response
         except asyncio.CancelledError:
             rec.outcome = "client_abort" if request.transport is None else "timeout"
             raise
@@ -276,13 +272,9 @@ class Relay:
             return response
         finally:
             if upstream_resp is not None:
-                if done:
-                    upstream_resp.release()
-                else:
-                    upstream_resp.close()
-                # The request body may still have been streaming upstream (full duplex): its
-                # sender is stopped before the body's generators are closed under it.
-                await upstream_resp.settled()
+                # Released or closed, outstanding counted down; the request body's sender (full
+                # duplex) stopped before the body's generators are closed under it.
+                await upstream_resp.finish(done)
             rec.bytes_in = body_state.received
             if request_plan is not None:
                 await request_plan.aclose()
@@ -319,7 +311,7 @@ class Relay:
         self,
         request: web.BaseRequest,
         route: Route,
-        upstream_resp: H1Response,
+        upstream_resp: Exchange,
         rid: str,
     ) -> tuple[web.StreamResponse, BodyPlan | None]:
         if upstream_resp.status < 200:
@@ -357,14 +349,14 @@ class Relay:
         # When the body's first bytes are already here and go out untransformed, the head can
         # leave in the same write as them: one system call less, and no later for the client.
         ready = plan is None and upstream_resp.ready
-        response = (_HeadWithBody if ready else RelayedResponse)(
+        response = (HeadWithBody if ready else RelayedResponse)(
             status=upstream_resp.status, reason=upstream_resp.reason, headers=headers
         )
         return response, plan
 
     async def _relay_body(
         self,
-        upstream_resp: H1Response,
+        upstream_resp: Exchange,
         response: web.StreamResponse,
         plan: BodyPlan | None,
         rec: AccessRecord,
@@ -374,17 +366,11 @@ class Relay:
         try:
             if plan is None:
                 read = upstream_resp.read
-                while True:
-                    try:
-                        chunk = await read()
-                    except H1Error as exc:
-                        raise read_failure(exc) from exc
-                    if not chunk:
-                        break
+                while chunk := await read():
                     sent += len(chunk)
                     await write(chunk)
             else:
-                async for chunk in plan.chain(upstream_body(upstream_resp)):
+                async for chunk in plan.chain(upstream_body(upstream_resp.read)):
                     if chunk:
                         sent += len(chunk)
                         await write(chunk)
@@ -428,12 +414,6 @@ async def _rejecting(body: AsyncIterator[bytes], state: BodyState) -> AsyncItera
             f"the request body does not parse as the route's request_text: {exc}"
         )
         raise state.error from exc
-
-
-class _HeadWithBody(RelayedResponse):
-    """A response whose head is written together with the first body bytes (or the end)."""
-
-    _send_headers_immediately = False
 
 
 def _has_body(method: str, status: int) -> bool:

@@ -382,9 +382,9 @@ async def test_a_control_character_in_a_request_header_is_never_written(value: s
                 await target.send("GET", "/", headers, None, None, BodyState())
             # Control: the same request with a clean value goes out.
             headers = CIMultiDict([("X-A", "a\tb")])
-            resp, _ = await target.send("GET", "/", headers, None, None, BodyState())
+            resp = await target.send("GET", "/", headers, None, None, BodyState())
             assert await body_of(resp) == b"hello"
-            resp.release()
+            await resp.finish(True)
         finally:
             await target.close()
     assert up.heads == [b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-A: a\tb\r\n\r\n" % up.port]
@@ -419,11 +419,11 @@ async def test_the_body_framing_of_a_request_is_declared() -> None:
                 headers: CIMultiDict[str] = CIMultiDict()
                 if length is not None:
                     headers["Content-Length"] = length
-                resp, _ = await target.send(
+                resp = await target.send(
                     method, "/", headers, body() if stream else None, None, BodyState()
                 )
                 assert await body_of(resp) == b"hello"
-                resp.release()
+                await resp.finish(True)
                 assert up.heads[-1] == b"%s / HTTP/1.1\r\n%s%s\r\n" % (
                     method.encode(),
                     host,

@@ -238,12 +238,12 @@ routes:
             )
             assert await server.reload()
             assert server.runtime.upstreams["kept"] is kept  # same settings: same pool
-            assert not removed.pool.closed  # still serving the stream in flight
+            assert not removed.closed  # still serving the stream in flight
             release.set()
             assert await r.content.read() == b"end\n"
             r.release()
             await asyncio.wait_for(old.closed(), 5)
-            assert removed.pool.closed
-            assert not kept.pool.closed
+            assert removed.closed
+            assert not kept.closed
     finally:
         await server.stop()
