@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from .conftest import MakeProxy, Proxy
+from .conftest import MakeProxy, Proxy, only_native
 from .test_hardening import Answer, assert_json_error, exchange, use_proxy_web_server
+
+# Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
+pytestmark = pytest.mark.transports
 
 ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
 GET = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -376,8 +379,12 @@ async def test_garbage_past_the_content_length_is_an_honest_outcome(
 
 
 async def test_an_unsolicited_response_on_an_idle_connection_is_never_served(
-    make_proxy: MakeProxy,
+    make_proxy: MakeProxy, upstream_client: str
 ) -> None:
+    only_native(
+        upstream_client,
+        "aiohttp's pool does not check an idle connection for unsolicited bytes before reusing it",
+    )
     extra_sent = asyncio.Event()
 
     async def reply(

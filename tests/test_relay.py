@@ -11,6 +11,9 @@ from aiohttp import web
 
 from .conftest import MakeProxy, origin, raw_exchange, read_head
 
+# Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
+pytestmark = pytest.mark.transports
+
 ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
 
 

@@ -15,6 +15,9 @@ from aiohttp import WSMsgType, web
 
 from .conftest import MakeProxy
 
+# Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
+pytestmark = pytest.mark.transports
+
 ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
 
 
