@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,32 +45,14 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .errors import error_body
-from .headers import has_control, undecodable
+from .errors import ProxyError, error_bytes, error_response, refusal
+from .headers import has_control, request_id, undecodable
 
 log = logging.getLogger("proxy.protocol")
 
-# The status and error code the client sees for each status aiohttp may hand to handle_error.
-_CODES = {
-    400: "bad_request",
-    413: "request_body_too_large",
-    414: "uri_too_long",
-    431: "request_header_too_large",
-    500: "internal_error",
-    501: "not_implemented",
-    504: "upstream_timeout",
-    505: "http_version_not_supported",
-}
-_DETAILS = {
-    400: "the request is not valid HTTP/1.1",
-    413: "the request body is too large",
-    414: "the request line is too long",
-    431: "the request head is too large",
-    500: "the proxy failed while handling the request",
-    501: "the request uses a feature the proxy does not implement",
-    504: "the request timed out",
-    505: "only HTTP/1.0 and HTTP/1.1 are served",
-}
+# Told of each request the listener refuses itself (method and path when known, the error, the
+# response's request id and body size), so that it is logged and counted like any other.
+Refused = Callable[[str | None, str | None, ProxyError, str, int], None]
 
 
 class ProxyRequestHandler(RequestHandler):
@@ -92,15 +73,12 @@ class ProxyRequestHandler(RequestHandler):
         limit = self._server.max_connections
         if limit is not None and len(self._server.connections) > limit:
             # Over server.max_connections: a 503 at once, before reading anything.
-            rid = uuid.uuid4().hex
-            body = error_body("too_many_connections", "the proxy is at its connection limit", rid)
-            head = (
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nX-Request-ID: {rid}\r\n"
-                "Connection: close\r\nRetry-After: 1\r\n\r\n"
-            )
-            transport.write(head.encode() + body)  # type: ignore[attr-defined]
+            rid = request_id(None)
+            error = refusal(503)
+            data = error_bytes(error, rid, "Retry-After: 1\r\n")
+            transport.write(data)  # type: ignore[attr-defined]
             self.force_close()
+            self._server.refused(None, None, error, rid, len(data))
             return
         self._arm_header_timer()  # the first request's head is due from the connection's start
 
@@ -151,6 +129,9 @@ class ProxyRequestHandler(RequestHandler):
             "dropping %s: no complete request head within %ss", self.peername, self._header_timeout
         )
         self.force_close()
+        # Dropped without an answer (a client that dribbles its head gets none), yet logged.
+        error = refusal(408, f"no complete request head within {self._header_timeout}s")
+        self._server.refused(None, None, error, request_id(None), 0)
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -170,10 +151,17 @@ class ProxyRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             # Part of a response already went out: another one cannot follow on this connection.
             raise ConnectionError("a response was already started; cannot send an error")
-        detail = _DETAILS.get(status, "the request failed")
-        if isinstance(exc, HttpProcessingError) and status < 500:
-            detail = f"{detail}: {_first_line(exc.message)}"
-        return json_error(status, detail)
+        error = refusal(status)
+        parsed = isinstance(exc, HttpProcessingError)
+        if parsed and status < 500:
+            error.detail = f"{error.detail}: {_first_line(exc.message)}"  # type: ignore[union-attr]
+        rid = request_id(None)
+        resp = error_response(error, rid, close=True)
+        if parsed:
+            # A request the parser refused never reached the relay: it is logged here. (A
+            # handler's failure was logged by the relay.)
+            self._server.refused(None, None, error, rid, len(resp.body or b""))  # type: ignore[arg-type]
+        return resp
 
     def _status_for(self, status: int, exc: BaseException | None) -> int:
         if status != 400:
@@ -252,12 +240,24 @@ class ProxyWebServer(web.Server):
         *,
         header_timeout: float = 30.0,
         max_connections: int | None = None,
+        refused: Refused | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("request_factory", self._make_proxy_request)
         super().__init__(self._gate(handler), **kwargs)
         self.header_timeout = header_timeout
         self.max_connections = max_connections
+        self._refused = refused
+
+    def refused(
+        self, method: str | None, path: str | None, error: ProxyError, rid: str, size: int
+    ) -> None:
+        """A request refused by the listener itself: logged and counted (see ``refused``)."""
+        if self._refused is not None:
+            try:
+                self._refused(method, path, error, rid, size)
+            except Exception:  # never let logging kill the connection
+                log.exception("logging a refused request failed")
 
     def __call__(self) -> RequestHandler:
         return ProxyRequestHandler(
@@ -273,33 +273,36 @@ class ProxyWebServer(web.Server):
         task: asyncio.Task[None],
     ) -> web.BaseRequest:
         try:
-            refusal = framing_problem(message)
+            problem = framing_problem(message)
         except Exception:  # never let a check kill the connection's task: refuse instead
             log.exception("the framing check failed")
-            refusal = (400, "the request could not be checked")
-        if refusal is not None:
+            problem = (400, "the request could not be checked")
+        if problem is not None:
             # Answer in HTTP/1.0, like aiohttp's own parser errors, whatever the line claimed.
             message = message._replace(version=HttpVersion10, should_close=True)
         request = ProxyRequest(message, payload, protocol, writer, task, self._loop)
-        if refusal is not None:
-            request[_REFUSAL] = refusal
+        if problem is not None:
+            request[_REFUSAL] = problem
         return request
 
-    @staticmethod
-    def _gate(handler: Handler) -> Handler:
+    def _gate(self, handler: Handler) -> Handler:
         # A plain function handing back the handler's awaitable: no coroutine frame of its own
         # stays alive for the whole (possibly hours long) stream.
         def gate(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
-            refusal = request.get(_REFUSAL)
-            if refusal is not None:
-                return _refuse(*refusal)
+            refused = request.get(_REFUSAL)
+            if refused is not None:
+                return self._refuse(request, *refused)
             return handler(request)
 
         return gate
 
-
-async def _refuse(status: int, detail: str) -> web.StreamResponse:
-    return json_error(status, detail)
+    async def _refuse(self, request: web.BaseRequest, status: int, detail: str) -> web.Response:
+        error = refusal(status, detail)
+        rid = request_id(None)
+        resp = error_response(error, rid, close=True)
+        path = request.raw_path.split("?", 1)[0]
+        self.refused(request.method, path, error, rid, len(resp.body or b""))  # type: ignore[arg-type]
+        return resp
 
 
 class ProxyRequest(web.BaseRequest):
@@ -372,19 +375,6 @@ def serialize_head(status_line: str, headers: CIMultiDict[str] | CIMultiDictProx
         raise ValueError("a control character in the status line")
     lines.append("\r\n")
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")
-
-
-def json_error(status: int, detail: str, request_id: str | None = None) -> web.Response:
-    """A JSON error response that closes the connection, with a fresh request id."""
-    rid = request_id or uuid.uuid4().hex
-    resp = web.Response(
-        status=status,
-        body=error_body(_CODES.get(status, "error"), detail, rid),
-        content_type="application/json",
-        headers={"X-Request-ID": rid},
-    )
-    resp.force_close()
-    return resp
 
 
 # -- aiohttp internals used outside the listener ------------------------------------------------

@@ -95,12 +95,26 @@ class Relay:
             self.active -= 1
             runtime.users -= 1
             self.metrics.active_streams.dec()
-            end = loop.time()
-            self.metrics.request_done(
-                rec.route or "", rec.upstream or "", rec.status, end - start, rec.bytes_out
-            )
-            self.access_log.write(rec, end)
+            self._done(rec, loop.time())
             runtime.release_if_retired()
+
+    def refused(
+        self, method: str | None, path: str | None, error: ProxyError, rid: str, size: int
+    ) -> None:
+        """A request the listener refused itself (framing, head size or time, the connection
+        limit): its access log line and count, like any request's."""
+        now = asyncio.get_running_loop().time()
+        rec = AccessRecord(method, path, rid, now)  # type: ignore[arg-type]
+        rec.status = error.status
+        rec.outcome = error.outcome
+        rec.bytes_out = size
+        self._done(rec, now)
+
+    def _done(self, rec: AccessRecord, end: float) -> None:
+        self.metrics.request_done(
+            rec.route or "", rec.upstream or "", rec.status, end - rec.start, rec.bytes_out
+        )
+        self.access_log.write(rec, end)
 
     def _now(self) -> float:
         loop = self._loop
@@ -136,9 +150,7 @@ class Relay:
     ) -> web.Response:
         rec.status = exc.status
         rec.outcome = exc.outcome
-        resp = error_response(exc, rid)
-        if exc.status == 400 or exc.status == 431:
-            resp.force_close()
+        resp = error_response(exc, rid, close=exc.status == 400 or exc.status == 431)
         rec.bytes_out = len(resp.body or b"")  # type: ignore[arg-type]
         return resp
 

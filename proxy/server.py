@@ -78,6 +78,7 @@ class ProxyServer:
             self.relay.handle,
             header_timeout=cfg.server.header_timeout,
             max_connections=cfg.server.max_connections,
+            refused=self.relay.refused,
             handler_cancellation=True,
             access_log=None,
             auto_decompress=False,
