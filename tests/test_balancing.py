@@ -20,19 +20,12 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, Proxy, only_native, origin, read_head
+from .support.common import ROUTE, free_port
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
 
-ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
 Hit = tuple[str, str, bytes]  # (target name, method, body received)
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound once, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -19,20 +19,15 @@ from dataclasses import dataclass, field
 import pytest
 
 from .conftest import MakeProxy, Proxy, only_native
-from .test_hardening import Answer, assert_json_error, exchange, use_proxy_web_server
+from .support.common import ROUTE
+from .test_hardening import Answer, assert_json_error, exchange
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
 
-ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
 GET = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 Reply = Callable[["RawUpstream", asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
-
-
-@pytest.fixture(autouse=True)
-def hardened(monkeypatch: pytest.MonkeyPatch) -> None:
-    use_proxy_web_server(monkeypatch)
 
 
 @dataclass

@@ -305,6 +305,7 @@ async def test_silence_before_the_head_and_between_chunks_is_timed() -> None:
 async def test_a_reader_that_does_not_read_stops_the_socket_being_read() -> None:
     size = 1024 * HIGH_WATER  # 64 MiB: far more than the kernel buffers on the way
     sent = 0
+    stuck = asyncio.Event()  # the upstream's writes back up: nobody reads its socket
 
     async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         nonlocal sent
@@ -314,12 +315,15 @@ async def test_a_reader_that_does_not_read_stops_the_socket_being_read() -> None
         while sent < size:
             w.write(block)
             sent += len(block)
+            if w.transport.get_write_buffer_size() > len(block):
+                stuck.set()  # the kernel took no more: its buffers on the way are full
             await w.drain()
 
     async with upstream(reply) as up:
         pool = H1Pool(5, 5)
         resp = await get(pool, up)
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(5):
+            await stuck.wait()
         # What is held in the process: the buffer (one socket read past the high-water mark at
         # most); the rest waits in the kernel's socket buffers or at the upstream.
         assert resp._buffered <= HIGH_WATER + 2**18

@@ -14,6 +14,7 @@ from aiohttp import web
 from proxy.logs import JsonFormatter, setup_logging
 
 from .conftest import MakeProxy, origin, raw_exchange
+from .support.common import ROUTE
 
 FIELDS = {
     "ts",
@@ -207,8 +208,6 @@ def test_log_level_is_applied() -> None:
 
 
 # -- what the listener refuses itself is logged and counted too -------------------------------
-
-ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
 
 
 async def refused_metrics(proxy, status: int) -> float:  # type: ignore[no-untyped-def]

@@ -9,9 +9,8 @@ from aiohttp import web
 from proxy.config import ConfigError, validate_data
 
 from .conftest import MakeProxy, origin, proxy_config
+from .support.common import ROUTE
 from .support.forward_proxy import ForwardProxy
-
-ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
 
 
 async def echo(request: web.Request) -> web.Response:

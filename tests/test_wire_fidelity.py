@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from .conftest import MakeProxy, Proxy, only_native
+from .support.common import ROUTE
 from .test_fault_injection import RawUpstream, Reply, raw_upstream, reset, sends
 from .test_hardening import assert_json_error, exchange, parse_answers
 
@@ -31,7 +32,6 @@ HEAD_UNDER_RESET = (
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
 
-ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
 GET = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
