@@ -20,10 +20,10 @@
    (``Content-Type: application/octet-stream``, ``Server``); the proxy's own responses carry no
    ``Server`` either (:class:`ProxyRequest`).
 
-This is the one module that uses aiohttp's internals (its server's, and three of its client's,
+This is the one module that uses aiohttp's internals (its server's, and four of its client's,
 gathered at the end: the bound port of a site, the body sender of a client response, the
-connection under a client WebSocket); each use is commented with what it relies on. A new
-aiohttp release is checked against this file.
+connection under a client WebSocket, the pool's reuse of an idle connection); each use is
+commented with what it relies on. A new aiohttp release is checked against this file.
 
 :class:`ProxyWebServer` is a drop-in ``web.Server`` whose connections use that handler::
 
@@ -37,6 +37,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
@@ -411,3 +412,27 @@ def drop_websocket_connection(ws: Any) -> None:
     .close()`` does once its closing handshake has completed.
     """
     ws._response.close()
+
+
+class CheckedConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, never handing out an idle connection that received bytes.
+
+    An upstream may send bytes on a kept-alive connection nobody asked for (a response to a
+    request it was never sent): served, they would answer the next request. aiohttp's pool only
+    checks that a connection is still open when it reuses it.
+
+    aiohttp internals: ``BaseConnector._get(key, traces)`` returns the next pooled
+    ``Connection`` for a key (or None); ``ResponseHandler.should_close`` is true once bytes
+    arrived while no response was being read (they wait in its ``_tail``). Such a connection is
+    closed and the next one taken.
+    """
+
+    async def _get(self, key: Any, traces: Any) -> Any:
+        while True:
+            conn = await super()._get(key, traces)  # type: ignore[misc]
+            if conn is None:
+                return None
+            protocol = conn.protocol
+            if protocol is None or not protocol.should_close:
+                return conn
+            conn.close()  # released as should_close: its socket is closed

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from .conftest import MakeProxy, Proxy, only_native
+from .conftest import MakeProxy, Proxy
 from .support.common import ROUTE
 from .test_hardening import Answer, assert_json_error, exchange
 
@@ -374,12 +374,8 @@ async def test_garbage_past_the_content_length_is_an_honest_outcome(
 
 
 async def test_an_unsolicited_response_on_an_idle_connection_is_never_served(
-    make_proxy: MakeProxy, upstream_client: str
+    make_proxy: MakeProxy,
 ) -> None:
-    only_native(
-        upstream_client,
-        "aiohttp's pool does not check an idle connection for unsolicited bytes before reusing it",
-    )
     extra_sent = asyncio.Event()
 
     async def reply(

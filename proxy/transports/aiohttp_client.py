@@ -22,7 +22,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from ..errors import UpstreamBodyError, UpstreamBodyTimeout, UpstreamUnavailable
-from ..protocol import request_body_sent
+from ..protocol import CheckedConnector, request_body_sent
 from . import BodyState, TransportFailure, TransportResponse, UpstreamRequest, Watched
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class AiohttpTransport:
         if self._session is None:
             config = self.config
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
+                connector=CheckedConnector(
                     limit=0, limit_per_host=0, ssl=self._ssl or False, keepalive_timeout=30
                 ),
                 auto_decompress=False,
