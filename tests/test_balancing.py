@@ -8,6 +8,7 @@ again on the same port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import socket
 import time
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from .conftest import MakeProxy, Proxy, only_native, origin, read_head
 from .support.common import ROUTE, free_port
+from .support.raw_upstream import RawUpstream, raw_upstream
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
@@ -118,36 +120,9 @@ async def get_text(s: aiohttp.ClientSession, url: str) -> tuple[int, str]:
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-class RawUpstream:
-    """A bare asyncio listener running ``handler`` per connection and counting connections."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.server: asyncio.Server | None = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            await self.handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    async def __aenter__(self) -> RawUpstream:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-    @property
-    def origin(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+def listening(handler: Handler) -> contextlib.AbstractAsyncContextManager[RawUpstream]:
+    """A raw upstream running ``handler`` on each connection."""
+    return raw_upstream(lambda up, reader, writer, n: handler(reader, writer))
 
 
 async def close_without_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -399,7 +374,7 @@ async def test_a_closed_connection_is_retried_for_get_but_not_for_post(
 ) -> None:
     hits: list[Hit] = []
     live = await aiohttp_server(recorder("live", hits))
-    async with RawUpstream(close_without_answer) as closer:
+    async with listening(close_without_answer) as closer:
         # max_fails 0: the closer is never ejected, so round robin keeps meeting it.
         upstreams = {"up": {"targets": [closer.origin, origin(live)], "max_fails": 0}}
         proxy = await make_proxy(upstreams, ROUTE)
@@ -466,7 +441,7 @@ async def test_a_put_whose_body_stream_was_started_is_never_replayed_short(
             writer.close()
             dropped.set()
 
-    async with RawUpstream(keepalive_then_drop) as closer:
+    async with listening(keepalive_then_drop) as closer:
         upstreams = {"up": {"targets": [closer.origin, origin(live)], "max_fails": 0}}
         proxy = await make_proxy(upstreams, ROUTE)
         async with aiohttp.ClientSession() as s:
@@ -517,7 +492,7 @@ async def test_no_retry_once_response_headers_went_out(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         writer.transport.abort()  # RST
 
-    async with RawUpstream(head_then_reset) as resetter:
+    async with listening(head_then_reset) as resetter:
         upstreams = {"up": {"targets": [resetter.origin, origin(live)], "max_fails": 0}}
         proxy = await make_proxy(upstreams, ROUTE)
         truncated = 0
@@ -538,10 +513,10 @@ async def test_no_retry_once_response_headers_went_out(
 @pytest.mark.parametrize("retries", [0, 2])
 async def test_retries_are_bounded(make_proxy: MakeProxy, retries: int) -> None:
     async with (
-        RawUpstream(close_without_answer) as a,
-        RawUpstream(close_without_answer) as b,
-        RawUpstream(close_without_answer) as c,
-        RawUpstream(close_without_answer) as d,
+        listening(close_without_answer) as a,
+        listening(close_without_answer) as b,
+        listening(close_without_answer) as c,
+        listening(close_without_answer) as d,
     ):
         closers = [a, b, c, d]
         upstreams = {

@@ -19,7 +19,8 @@ import pytest
 
 from .conftest import MakeProxy, Proxy, only_native
 from .support.common import ROUTE
-from .test_fault_injection import RawUpstream, Reply, raw_upstream, reset, sends
+from .support.raw_upstream import RawUpstream, Reply, raw_upstream, reset
+from .test_fault_injection import sends
 from .test_hardening import assert_json_error, exchange, parse_answers
 
 OBS_TEXT = (
