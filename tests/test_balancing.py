@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, Proxy, only_native, origin, read_head
-from .support.common import ROUTE, free_port
+from .support.common import ROUTE, find_sample, free_port
 from .support.raw_upstream import RawUpstream, raw_upstream
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
@@ -83,30 +83,14 @@ async def metrics_text(proxy: Proxy) -> str:
         return await r.text()
 
 
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """One sample of Prometheus text with exactly these labels, or None when absent."""
-    for line in text.splitlines():
-        if not line.startswith((name + "{", name + " ")):
-            continue
-        head, value = line.rsplit(" ", 1)
-        got: dict[str, str] = {}
-        if "{" in head:
-            for part in head[head.index("{") + 1 : -1].split('",'):
-                key, _, val = part.partition('="')
-                got[key] = val.rstrip('"')
-        if got == labels:
-            return float(value)
-    return None
-
-
 async def target_up(proxy: Proxy, target: str) -> float | None:
-    return sample(
+    return find_sample(
         await metrics_text(proxy), "proxy_upstream_target_up", upstream="up", target=target
     )
 
 
 async def upstream_errors(proxy: Proxy, kind: str) -> float:
-    found = sample(
+    found = find_sample(
         await metrics_text(proxy), "proxy_upstream_errors_total", upstream="up", kind=kind
     )
     return found or 0.0
@@ -552,8 +536,8 @@ async def test_a_client_body_fault_does_not_count_against_the_target(
         await writer.wait_closed()
     await proxy.until_logged(4)
     text = await metrics_text(proxy)
-    assert sample(text, "proxy_upstream_target_up", upstream="up", target=origin(a)) == 1
-    assert sample(text, "proxy_upstream_target_up", upstream="up", target=origin(b)) == 1
+    assert find_sample(text, "proxy_upstream_target_up", upstream="up", target=origin(a)) == 1
+    assert find_sample(text, "proxy_upstream_target_up", upstream="up", target=origin(b)) == 1
     assert "proxy_upstream_errors_total{" not in text
     async with aiohttp.ClientSession() as s:
         names = [(await get_text(s, proxy.url("/")))[1] for _ in range(4)]

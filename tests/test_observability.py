@@ -14,7 +14,7 @@ from aiohttp import web
 from proxy.logs import JsonFormatter, setup_logging
 
 from .conftest import MakeProxy, origin, raw_exchange
-from .support.common import ROUTE
+from .support.common import ROUTE, find_sample
 
 FIELDS = {
     "ts",
@@ -35,18 +35,9 @@ FIELDS = {
 
 def sample(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text (labels matched exactly)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, value = line.rsplit(" ", 1)
-        got = {}
-        if "{" in head:
-            for part in head[head.index("{") + 1 : -1].split('",'):
-                key, _, val = part.partition('="')
-                got[key] = val.rstrip('"')
-        if got == labels:
-            return float(value)
-    raise AssertionError(f"no sample {name}{labels}")
+    value = find_sample(text, name, **labels)
+    assert value is not None, f"no sample {name}{labels}"
+    return value
 
 
 async def test_metrics_after_known_traffic(aiohttp_server, make_proxy: MakeProxy) -> None:
