@@ -7,9 +7,11 @@ WebSocket handshakes of both transports. aiohttp's exceptions become
 it) here and nowhere else.
 
 What aiohttp's client does differently from the native one, and the proxy therefore cannot
-promise on this transport: header values with obs-text bytes are not sent as those bytes
-(aiohttp's writer encodes text as UTF-8), and a response's head is not sent together with its
-first body bytes.
+promise on this transport: request header values with bytes that are not UTF-8 (obs-text) are
+not sent as those bytes (aiohttp's writer encodes text as UTF-8); a response head that arrived
+just before the upstream reset the connection under a still-running upload is lost (a 502
+instead of the early answer); and a response's head is not sent together with its first body
+bytes.
 """
 
 from __future__ import annotations
