@@ -30,7 +30,7 @@ class AccessRecord:
         "wall",
     )
 
-    def __init__(self, method: str, path: str, request_id: str, start: float) -> None:
+    def __init__(self, method: str | None, path: str | None, request_id: str, start: float) -> None:
         self.wall = time.time()
         self.start = start
         self.method = method

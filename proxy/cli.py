@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from . import PRODUCT, __version__
 from .config import Config, ConfigError, default_config_path, load_config
 from .logs import setup_logging
+from .plugin_loader import chains_for
 
 EXIT_INVALID = 2
 
@@ -90,7 +91,7 @@ async def _transform(config: Config, route_name: str, request: bool, content_typ
         return EXIT_INVALID
     index = names.index(route_name)
     route = config.routes[index]
-    chains = config.chains(index)
+    chains = chains_for(config)[index]
     headers: CIMultiDict[str] = CIMultiDict({"Content-Type": content_type})
     ctx = TransformContext(
         route=route_name,

@@ -7,12 +7,9 @@ checked here for shape only; :mod:`proxy.plugin_loader` turns them into transfor
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import ssl
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,26 +20,21 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from yarl import URL
 
 from .header_rules import NO_RULES, HeaderRules, parse_header_rules
+from .plugin_loader import build_chains, remember_chains
+from .problems import ConfigError, describe_error, key_path, suggest
 from .text.spec import AUTO, BODY, TextSpec, parse_text
 from .units import parse_duration, parse_size
 
 DEFAULT_PATH = "proxy.yaml"
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; ``problems`` holds one ``path: reason`` line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
+__all__ = ["Config", "ConfigError", "key_path", "load_config", "suggest", "validate_data"]
 
 
 def default_config_path() -> str:
@@ -77,11 +69,26 @@ def _target(value: str) -> str:
     return str(url.origin())
 
 
+def _forward_proxy(value: str) -> str:
+    try:
+        url = URL(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a URL ({exc})") from None
+    if url.scheme != "http" or not url.host:
+        raise ValueError("a forward proxy is http://host:port")
+    if url.raw_user or url.raw_password:
+        raise ValueError("credentials in the forward proxy's URL are not supported")
+    if url.raw_path not in ("", "/") or url.raw_query_string or url.raw_fragment:
+        raise ValueError("a forward proxy is http://host:port only, without path or query")
+    return str(url.origin())
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Method = Annotated[str, AfterValidator(_method)]
 Target = Annotated[str, AfterValidator(_target)]
+ForwardProxy = Annotated[str, AfterValidator(_forward_proxy)]
 TransformEntry = Any  # a one-key mapping NAME: {options}, checked by plugin_loader
 
 
@@ -203,6 +210,21 @@ class UpstreamConfig(_Model):
     """Further targets tried when a request could not be delivered."""
     health: HealthCheck | None = None
     """Active health checks (off when unset)."""
+    client: Literal["native", "aiohttp"] = "native"
+    """The upstream transport: `native`, the proxy's own HTTP/1.1 client (fastest), or
+    `aiohttp`, aiohttp's `ClientSession` (which can also go through a forward `proxy`)."""
+    proxy: ForwardProxy | None = None
+    """An HTTP forward proxy (`http://host:port`) the targets are reached through; needs
+    `client: aiohttp`."""
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_needs_aiohttp(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("client", "native") != "aiohttp":
+            raise ValueError(
+                "a forward proxy needs 'client: aiohttp' (the native client connects directly)"
+            )
+        return value
 
 
 class MatchConfig(_Model):
@@ -327,29 +349,11 @@ class Config(_Model):
     """Start the bundled demo upstream (a slow streaming source) in-process."""
     tracing: TracingConfig | None = None
     """OpenTelemetry tracing over OTLP/HTTP (off when unset; needs `streamproxy[otel]`)."""
-    _chains: list[Any] = PrivateAttr(default_factory=list)
-
-    def chains(self, index: int) -> Any:
-        """The built transform stages of ``routes[index]`` (a ``plugin_loader.RouteChains``)."""
-        return self._chains[index]
 
 
 # -- loading ---------------------------------------------------------------------------------
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-
-
-def key_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
-    """``('routes', 1, 'upstream')`` → ``routes[1].upstream``; always one printable line."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            name = str(part)
-            name = name if name.isprintable() else repr(name)
-            out += f".{name}" if out else name
-    return out or "(top level)"
 
 
 def _expand(node: Any, loc: tuple[int | str, ...], problems: list[str]) -> Any:
@@ -370,62 +374,6 @@ def _expand(node: Any, loc: tuple[int | str, ...], problems: list[str]) -> Any:
     if isinstance(node, list):
         return [_expand(v, (*loc, i), problems) for i, v in enumerate(node)]
     return node
-
-
-def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
-    """The model whose keys live at ``loc`` (for "did you mean" suggestions)."""
-    tp: Any = Config
-    for part in loc:
-        tp = _unwrap(tp)
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            field = tp.model_fields.get(str(part))
-            if field is None:
-                return None
-            tp = field.annotation
-        else:
-            args = typing.get_args(tp)
-            if not args:
-                return None
-            tp = args[-1]
-    tp = _unwrap(tp)
-    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
-
-
-def _unwrap(tp: Any) -> Any:
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) != 1:
-                return tp
-            tp = args[0]
-        else:
-            return tp
-
-
-def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
-    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {near[0]!r}?)" if near else ""
-
-
-def _describe(err: Any) -> tuple[tuple[int | str, ...], str]:
-    loc = tuple(err["loc"])
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        key = str(loc[-1])
-        model = _model_at(loc[:-1])
-        hint = suggest(key, list(model.model_fields)) if model else ""
-        return loc, f"unknown key{hint}"
-    if kind == "missing":
-        return loc, "required key is missing"
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if kind not in ("value_error", "assertion_error") and "input" in err:
-        msg = f"{msg}, got {err['input']!r}"
-    return loc, msg
 
 
 def _check_references(data: dict[str, Any], problems: list[str]) -> None:
@@ -478,7 +426,7 @@ def _check_headers(data: dict[str, Any], problems: list[str]) -> None:
 
 
 def _structure_problems(exc: ValidationError) -> list[str]:
-    described = [_describe(err) for err in exc.errors(include_url=False)]
+    described = [describe_error(err, Config) for err in exc.errors(include_url=False)]
     # "targtes: unknown key (did you mean 'targets'?)" already says that targets is missing.
     suggested = {
         (*loc[:-1], msg.split("'")[1])
@@ -522,12 +470,12 @@ def _validate(data: Any) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         problems.extend(_structure_problems(exc))
-    from .plugin_loader import build_chains  # late: the loader uses this module's helpers
-
+    # The transforms are built here, once per load, so that their problems are reported with
+    # every other; the Runtime takes them from the loader (chains_for), the config stays data.
     chains = build_chains(data.get("routes"), problems)
     if problems or config is None:
         raise ConfigError(problems)
-    config._chains = chains
+    remember_chains(config, chains)
     return config
 
 

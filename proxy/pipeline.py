@@ -10,15 +10,14 @@ the chain is closed on every exit path by :meth:`BodyPlan.aclose`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from multidict import CIMultiDict
 
 from .codecs import DecodeError, choose_encoding, make_decoder, make_encoder
 from .content_types import charset_of, parse_content_type
-from .errors import UpstreamBodyError, UpstreamBodyTimeout
-from .h1client import H1Error, H1Response
+from .errors import UpstreamBodyError
 from .plugin_loader import TransformStage
 from .text.engine import text_body
 from .text.spec import BODY, TextSpec
@@ -139,26 +138,14 @@ async def _encoded(source: AsyncIterator[bytes], coding: str) -> AsyncIterator[b
         yield tail
 
 
-async def upstream_body(resp: H1Response) -> AsyncIterator[bytes]:
-    """The upstream response body as it arrives; failures become UpstreamBodyError."""
-    read = resp.read
-    try:
-        while True:
-            chunk = await read()
-            if not chunk:
-                return
-            yield chunk
-            del chunk  # not kept while the next one is awaited (an idle stream holds nothing)
-    except H1Error as exc:
-        raise read_failure(exc) from exc
-
-
-def read_failure(exc: H1Error) -> UpstreamBodyError:
-    """The proxy error for a failed read of an upstream body (silence past read_timeout, or a
-    reset or truncation). The detail is the failure's fixed text, never upstream bytes."""
-    if isinstance(exc, TimeoutError):
-        return UpstreamBodyTimeout("the upstream went silent past read_timeout")
-    return UpstreamBodyError(f"the upstream body broke off: {exc}")
+async def upstream_body(read: Callable[[], Awaitable[bytes]]) -> AsyncIterator[bytes]:
+    """The upstream response body as it arrives (``read`` raises the proxy's own errors)."""
+    while True:
+        chunk = await read()
+        if not chunk:
+            return
+        yield chunk
+        del chunk  # not kept while the next one is awaited (an idle stream holds nothing)
 
 
 def filter_accept_encoding(value: str | None) -> str | None:

@@ -1,5 +1,10 @@
 """Turns the transform entries of ``proxy.yaml`` into ready transform stages.
 
+The config is data: its transform entries stay the mappings the file holds. Loading a config
+builds each route's stages once (their problems reported with the config's own, see
+:func:`proxy.config.validate_data`); the :class:`~proxy.runtime.Runtime` takes them with
+:func:`chains_for`.
+
 A name resolves, in order, to a built-in transform, a plugin registered under the entry-point
 group ``proxy.transforms``, or a dotted path ``package.module:attr``. The factory's ``Options``
 model (when it declares one) validates the options with key paths; the factory is then called
@@ -9,6 +14,7 @@ once with them, and a ``ValueError``/``TypeError`` it raises is reported at the 
 from __future__ import annotations
 
 import importlib
+import weakref
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -16,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .content_types import DEFAULT_CONTENT_TYPES, ContentTypeMatcher
+from .problems import ConfigError, describe_error, key_path, suggest
 from .transform_api import Transform
 
 ENTRY_POINT_GROUP = "proxy.transforms"
@@ -51,8 +58,6 @@ def _import(target: str) -> Any:
 
 def resolve_factory(name: str) -> Any:
     """The factory for a transform name; raises LookupError with a helpful message."""
-    from .config import suggest
-
     if name in BUILTINS:
         return _import(BUILTINS[name])
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -71,8 +76,6 @@ def resolve_factory(name: str) -> Any:
 
 
 def build_stage(entry: Any, path: str, problems: list[str]) -> TransformStage | None:
-    from .config import _describe, key_path
-
     if not isinstance(entry, dict) or len(entry) != 1:
         problems.append(f"{path}: a transform entry is a one-key mapping NAME: {{options}}")
         return None
@@ -109,7 +112,7 @@ def build_stage(entry: Any, path: str, problems: list[str]) -> TransformStage | 
             options = dict(schema.model_validate(options))
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
-                loc, msg = _describe(err)
+                loc, msg = describe_error(err, schema)
                 problems.append(f"{at}{'.' if loc else ''}{key_path(loc)}: {msg}")
             return None
     try:
@@ -149,4 +152,31 @@ def build_chains(routes: Any, problems: list[str]) -> list[RouteChains]:
                 response=tuple(built["transforms"]), request=tuple(built["request_transforms"])
             )
         )
+    return chains
+
+
+# The stages built while a config was loaded, by the id of that (immutable) config, for as long
+# as it lives: its factories are called once per load.
+_BUILT: dict[int, list[RouteChains]] = {}
+
+
+def remember_chains(config: object, chains: list[RouteChains]) -> None:
+    key = id(config)
+    _BUILT[key] = chains
+    weakref.finalize(config, _BUILT.pop, key, None)
+
+
+def chains_for(config: Any) -> list[RouteChains]:
+    """Every route's stages of a loaded config (built now if the config was not loaded)."""
+    chains = _BUILT.get(id(config))
+    if chains is None:
+        problems: list[str] = []
+        routes = [
+            {"transforms": r.transforms, "request_transforms": r.request_transforms}
+            for r in config.routes
+        ]
+        chains = build_chains(routes, problems)
+        if problems:
+            raise ConfigError(problems)
+        remember_chains(config, chains)
     return chains

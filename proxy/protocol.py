@@ -20,7 +20,10 @@
    (``Content-Type: application/octet-stream``, ``Server``); the proxy's own responses carry no
    ``Server`` either (:class:`ProxyRequest`).
 
-This is the one module that uses aiohttp's server internals; each use is commented.
+This is the one module that uses aiohttp's internals (its server's, and four of its client's,
+gathered at the end: the bound port of a site, the body sender of a client response, the
+connection under a client WebSocket, the pool's reuse of an idle connection); each use is
+commented with what it relies on. A new aiohttp release is checked against this file.
 
 :class:`ProxyWebServer` is a drop-in ``web.Server`` whose connections use that handler::
 
@@ -31,10 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
@@ -43,32 +46,14 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .errors import error_body
-from .headers import has_control, undecodable
+from .errors import ProxyError, error_bytes, error_response, refusal
+from .headers import has_control, request_id, undecodable
 
 log = logging.getLogger("proxy.protocol")
 
-# The status and error code the client sees for each status aiohttp may hand to handle_error.
-_CODES = {
-    400: "bad_request",
-    413: "request_body_too_large",
-    414: "uri_too_long",
-    431: "request_header_too_large",
-    500: "internal_error",
-    501: "not_implemented",
-    504: "upstream_timeout",
-    505: "http_version_not_supported",
-}
-_DETAILS = {
-    400: "the request is not valid HTTP/1.1",
-    413: "the request body is too large",
-    414: "the request line is too long",
-    431: "the request head is too large",
-    500: "the proxy failed while handling the request",
-    501: "the request uses a feature the proxy does not implement",
-    504: "the request timed out",
-    505: "only HTTP/1.0 and HTTP/1.1 are served",
-}
+# Told of each request the listener refuses itself (method and path when known, the error, the
+# response's request id and body size), so that it is logged and counted like any other.
+Refused = Callable[[str | None, str | None, ProxyError, str, int], None]
 
 
 class ProxyRequestHandler(RequestHandler):
@@ -89,15 +74,12 @@ class ProxyRequestHandler(RequestHandler):
         limit = self._server.max_connections
         if limit is not None and len(self._server.connections) > limit:
             # Over server.max_connections: a 503 at once, before reading anything.
-            rid = uuid.uuid4().hex
-            body = error_body("too_many_connections", "the proxy is at its connection limit", rid)
-            head = (
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nX-Request-ID: {rid}\r\n"
-                "Connection: close\r\nRetry-After: 1\r\n\r\n"
-            )
-            transport.write(head.encode() + body)  # type: ignore[attr-defined]
+            rid = request_id(None)
+            error = refusal(503)
+            data = error_bytes(error, rid, "Retry-After: 1\r\n")
+            transport.write(data)  # type: ignore[attr-defined]
             self.force_close()
+            self._server.refused(None, None, error, rid, len(data))
             return
         self._arm_header_timer()  # the first request's head is due from the connection's start
 
@@ -148,6 +130,9 @@ class ProxyRequestHandler(RequestHandler):
             "dropping %s: no complete request head within %ss", self.peername, self._header_timeout
         )
         self.force_close()
+        # Dropped without an answer (a client that dribbles its head gets none), yet logged.
+        error = refusal(408, f"no complete request head within {self._header_timeout}s")
+        self._server.refused(None, None, error, request_id(None), 0)
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -167,10 +152,17 @@ class ProxyRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             # Part of a response already went out: another one cannot follow on this connection.
             raise ConnectionError("a response was already started; cannot send an error")
-        detail = _DETAILS.get(status, "the request failed")
-        if isinstance(exc, HttpProcessingError) and status < 500:
-            detail = f"{detail}: {_first_line(exc.message)}"
-        return json_error(status, detail)
+        error = refusal(status)
+        parsed = isinstance(exc, HttpProcessingError)
+        if parsed and status < 500:
+            error.detail = f"{error.detail}: {_first_line(exc.message)}"  # type: ignore[union-attr]
+        rid = request_id(None)
+        resp = error_response(error, rid, close=True)
+        if parsed:
+            # A request the parser refused never reached the relay: it is logged here. (A
+            # handler's failure was logged by the relay.)
+            self._server.refused(None, None, error, rid, len(resp.body or b""))  # type: ignore[arg-type]
+        return resp
 
     def _status_for(self, status: int, exc: BaseException | None) -> int:
         if status != 400:
@@ -249,12 +241,24 @@ class ProxyWebServer(web.Server):
         *,
         header_timeout: float = 30.0,
         max_connections: int | None = None,
+        refused: Refused | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("request_factory", self._make_proxy_request)
         super().__init__(self._gate(handler), **kwargs)
         self.header_timeout = header_timeout
         self.max_connections = max_connections
+        self._refused = refused
+
+    def refused(
+        self, method: str | None, path: str | None, error: ProxyError, rid: str, size: int
+    ) -> None:
+        """A request refused by the listener itself: logged and counted (see ``refused``)."""
+        if self._refused is not None:
+            try:
+                self._refused(method, path, error, rid, size)
+            except Exception:  # never let logging kill the connection
+                log.exception("logging a refused request failed")
 
     def __call__(self) -> RequestHandler:
         return ProxyRequestHandler(
@@ -270,33 +274,36 @@ class ProxyWebServer(web.Server):
         task: asyncio.Task[None],
     ) -> web.BaseRequest:
         try:
-            refusal = framing_problem(message)
+            problem = framing_problem(message)
         except Exception:  # never let a check kill the connection's task: refuse instead
             log.exception("the framing check failed")
-            refusal = (400, "the request could not be checked")
-        if refusal is not None:
+            problem = (400, "the request could not be checked")
+        if problem is not None:
             # Answer in HTTP/1.0, like aiohttp's own parser errors, whatever the line claimed.
             message = message._replace(version=HttpVersion10, should_close=True)
         request = ProxyRequest(message, payload, protocol, writer, task, self._loop)
-        if refusal is not None:
-            request[_REFUSAL] = refusal
+        if problem is not None:
+            request[_REFUSAL] = problem
         return request
 
-    @staticmethod
-    def _gate(handler: Handler) -> Handler:
+    def _gate(self, handler: Handler) -> Handler:
         # A plain function handing back the handler's awaitable: no coroutine frame of its own
         # stays alive for the whole (possibly hours long) stream.
         def gate(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
-            refusal = request.get(_REFUSAL)
-            if refusal is not None:
-                return _refuse(*refusal)
+            refused = request.get(_REFUSAL)
+            if refused is not None:
+                return self._refuse(request, *refused)
             return handler(request)
 
         return gate
 
-
-async def _refuse(status: int, detail: str) -> web.StreamResponse:
-    return json_error(status, detail)
+    async def _refuse(self, request: web.BaseRequest, status: int, detail: str) -> web.Response:
+        error = refusal(status, detail)
+        rid = request_id(None)
+        resp = error_response(error, rid, close=True)
+        path = request.raw_path.split("?", 1)[0]
+        self.refused(request.method, path, error, rid, len(resp.body or b""))  # type: ignore[arg-type]
+        return resp
 
 
 class ProxyRequest(web.BaseRequest):
@@ -347,6 +354,17 @@ class RelayedResponse(web.StreamResponse):
             writer.send_headers()
 
 
+class HeadWithBody(RelayedResponse):
+    """A relayed response whose head is written together with the first body bytes (or the end).
+
+    aiohttp internals: ``StreamResponse._send_headers_immediately`` (a class attribute, True by
+    default) makes ``_write_headers`` send the head at ``prepare()``; False keeps it in the
+    writer's buffer until the first ``write()`` or ``write_eof()``, which send both at once.
+    """
+
+    _send_headers_immediately = False
+
+
 def serialize_head(status_line: str, headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bytes:
     """A response head as bytes: each header's text back to the bytes it stands for."""
     lines = [status_line]
@@ -360,14 +378,61 @@ def serialize_head(status_line: str, headers: CIMultiDict[str] | CIMultiDictProx
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
-def json_error(status: int, detail: str, request_id: str | None = None) -> web.Response:
-    """A JSON error response that closes the connection, with a fresh request id."""
-    rid = request_id or uuid.uuid4().hex
-    resp = web.Response(
-        status=status,
-        body=error_body(_CODES.get(status, "error"), detail, rid),
-        content_type="application/json",
-        headers={"X-Request-ID": rid},
-    )
-    resp.force_close()
-    return resp
+# -- aiohttp internals used outside the listener ------------------------------------------------
+
+
+def bound_port(site: web.TCPSite) -> int:
+    """The port a started site listens on (to learn an ephemeral port).
+
+    aiohttp internals: ``TCPSite._server`` is the ``asyncio.Server`` that ``start()`` made;
+    aiohttp gives no public way to the bound socket.
+    """
+    server: Any = site._server  # type: ignore[attr-defined]
+    return int(server.sockets[0].getsockname()[1])
+
+
+async def request_body_sent(resp: Any) -> None:
+    """Wait until a ``ClientResponse``'s request body sender has stopped.
+
+    aiohttp internals: ``ClientResponse._writer`` is the task streaming the request body
+    (``None`` once it finished); ``close()`` cancels it but does not wait for it, and the body's
+    generators must not be closed under a sender still inside them.
+    """
+    writer = getattr(resp, "_writer", None)
+    if writer is not None and not writer.done():
+        await asyncio.wait((writer,))
+
+
+def drop_websocket_connection(ws: Any) -> None:
+    """Close a client WebSocket's connection without a close frame (its closing handshake is
+    already done).
+
+    aiohttp internals: ``ClientWebSocketResponse._response`` is the handshake's
+    ``ClientResponse``, holding the connection; closing it is what ``ClientWebSocketResponse
+    .close()`` does once its closing handshake has completed.
+    """
+    ws._response.close()
+
+
+class CheckedConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, never handing out an idle connection that received bytes.
+
+    An upstream may send bytes on a kept-alive connection nobody asked for (a response to a
+    request it was never sent): served, they would answer the next request. aiohttp's pool only
+    checks that a connection is still open when it reuses it.
+
+    aiohttp internals: ``BaseConnector._get(key, traces)`` returns the next pooled
+    ``Connection`` for a key (or None); ``ResponseHandler.should_close`` is true once bytes
+    arrived while no response was being read (they wait in its ``_tail``). Such a connection is
+    closed and the next one taken.
+    """
+
+    async def _get(self, key: Any, traces: Any) -> Any:
+        while True:
+            conn = await super()._get(key, traces)  # type: ignore[misc]
+            if conn is None:
+                return None
+            protocol = conn.protocol
+            if protocol is None or not protocol.should_close:
+                return conn
+            conn.close()  # released as should_close: its socket is closed

@@ -35,7 +35,6 @@ from .errors import (
     UpstreamUnavailable,
     error_response,
 )
-from .h1client import H1Error, H1Response
 from .headers import (
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
@@ -46,12 +45,12 @@ from .headers import (
     request_id,
 )
 from .metrics import Metrics
-from .pipeline import BodyPlan, filter_accept_encoding, plan_body, read_failure, upstream_body
-from .protocol import RelayedResponse
+from .pipeline import BodyPlan, filter_accept_encoding, plan_body, upstream_body
+from .protocol import HeadWithBody, RelayedResponse
 from .routing import Route, has_dot_segment
 from .text.errors import TextFormatError
 from .transform_api import TransformContext
-from .upstream import BodyState, limited_body
+from .upstream import BodyState, Exchange, limited_body
 from .websocket import is_websocket_upgrade, relay_websocket
 
 if TYPE_CHECKING:
@@ -98,17 +97,33 @@ class Relay:
             self.active -= 1
             runtime.users -= 1
             self.metrics.active_streams.dec()
-            end = loop.time()
-            self.metrics.request_done(
-                rec.route or "", rec.upstream or "", rec.status, end - start, rec.bytes_out
-            )
-            if rec.trace is not None:
-                try:
-                    rec.trace.end(rec)
-                except Exception:  # a tracing fault never costs the request its log line
-                    log.exception("ending the request's spans failed", extra={"request_id": rid})
-            self.access_log.write(rec, end)
+            self._done(rec, loop.time())
             runtime.release_if_retired()
+
+    def refused(
+        self, method: str | None, path: str | None, error: ProxyError, rid: str, size: int
+    ) -> None:
+        """A request the listener refused itself (framing, head size or time, the connection
+        limit): its access log line and count, like any request's."""
+        now = asyncio.get_running_loop().time()
+        rec = AccessRecord(method, path, rid, now)  # type: ignore[arg-type]
+        rec.status = error.status
+        rec.outcome = error.outcome
+        rec.bytes_out = size
+        self._done(rec, now)
+
+    def _done(self, rec: AccessRecord, end: float) -> None:
+        self.metrics.request_done(
+            rec.route or "", rec.upstream or "", rec.status, end - rec.start, rec.bytes_out
+        )
+        if rec.trace is not None:
+            try:
+                rec.trace.end(rec)
+            except Exception:  # a tracing fault never costs the request its log line
+                log.exception(
+                    "ending the request's spans failed", extra={"request_id": rec.request_id}
+                )
+        self.access_log.write(rec, end)
 
     def _now(self) -> float:
         loop = self._loop
@@ -144,9 +159,7 @@ class Relay:
     ) -> web.Response:
         rec.status = exc.status
         rec.outcome = exc.outcome
-        resp = error_response(exc, rid)
-        if exc.status == 400 or exc.status == 431:
-            resp.force_close()
+        resp = error_response(exc, rid, close=exc.status == 400 or exc.status == 431)
         rec.bytes_out = len(resp.body or b"")  # type: ignore[arg-type]
         return resp
 
@@ -247,34 +260,31 @@ class Relay:
                     body = _rejecting(request_plan.chain(body), body_state)
         path_qs = route.upstream_path(raw)
 
-        upstream_resp: H1Response | None = None
+        upstream_resp: Exchange | None = None
         plan: BodyPlan | None = None
         response: web.StreamResponse | None = None
         done = False
         try:
-            upstream_resp, target = await upstream.send(
-                request.method, path_qs, headers, body, host_header, body_state, trace
+            upstream_resp = await upstream.send(
+                request.method, path_qs, headers, body, host_header, body_state, trace=trace
             )
             del headers  # sent: not kept for the life of the stream
-            rec.target = target.origin
+            rec.target = upstream_resp.target.origin
             if trace is not None:
                 trace.answered(upstream_resp.status)
-            try:
-                response, plan = self._response_head(request, route, upstream_resp, rid, trace)
-                rec.response = response
-                rec.status = response.status
-                await response.prepare(request)
-                rec.ttfb = self._now()
-                if not _has_body(request.method, upstream_resp.status):
-                    await response.write_eof()
-                    done = True
-                    return response
-                await self._relay_body(upstream_resp, response, plan, rec)
+            response, plan = self._response_head(request, route, upstream_resp, rid, trace)
+            rec.response = response
+            rec.status = response.status
+            await response.prepare(request)
+            rec.ttfb = self._now()
+            if not _has_body(request.method, upstream_resp.status):
                 await response.write_eof()
                 done = True
                 return response
-            finally:
-                target.outstanding -= 1
+            await self._relay_body(upstream_resp, response, plan, rec)
+            await response.write_eof()
+            done = True
+            return response
         except asyncio.CancelledError:
             rec.outcome = "client_abort" if request.transport is None else "timeout"
             raise
@@ -293,13 +303,9 @@ class Relay:
             return response
         finally:
             if upstream_resp is not None:
-                if done:
-                    upstream_resp.release()
-                else:
-                    upstream_resp.close()
-                # The request body may still have been streaming upstream (full duplex): its
-                # sender is stopped before the body's generators are closed under it.
-                await upstream_resp.settled()
+                # Released or closed, outstanding counted down; the request body's sender (full
+                # duplex) stopped before the body's generators are closed under it.
+                await upstream_resp.finish(done)
             rec.bytes_in = body_state.received
             if request_plan is not None:
                 await request_plan.aclose()
@@ -340,7 +346,7 @@ class Relay:
         self,
         request: web.BaseRequest,
         route: Route,
-        upstream_resp: H1Response,
+        upstream_resp: Exchange,
         rid: str,
         trace: Any = None,
     ) -> tuple[web.StreamResponse, BodyPlan | None]:
@@ -382,14 +388,14 @@ class Relay:
         # When the body's first bytes are already here and go out untransformed, the head can
         # leave in the same write as them: one system call less, and no later for the client.
         ready = plan is None and upstream_resp.ready
-        response = (_HeadWithBody if ready else RelayedResponse)(
+        response = (HeadWithBody if ready else RelayedResponse)(
             status=upstream_resp.status, reason=upstream_resp.reason, headers=headers
         )
         return response, plan
 
     async def _relay_body(
         self,
-        upstream_resp: H1Response,
+        upstream_resp: Exchange,
         response: web.StreamResponse,
         plan: BodyPlan | None,
         rec: AccessRecord,
@@ -399,18 +405,12 @@ class Relay:
         try:
             if plan is None:
                 read = upstream_resp.read
-                while True:
-                    try:
-                        chunk = await read()
-                    except H1Error as exc:
-                        raise read_failure(exc) from exc
-                    if not chunk:
-                        break
+                while chunk := await read():
                     sent += len(chunk)
                     await write(chunk)
                     del chunk  # not kept while the next one is awaited
             else:
-                async for chunk in plan.chain(upstream_body(upstream_resp)):
+                async for chunk in plan.chain(upstream_body(upstream_resp.read)):
                     if chunk:
                         sent += len(chunk)
                         await write(chunk)
@@ -455,12 +455,6 @@ async def _rejecting(body: AsyncIterator[bytes], state: BodyState) -> AsyncItera
             f"the request body does not parse as the route's request_text: {exc}"
         )
         raise state.error from exc
-
-
-class _HeadWithBody(RelayedResponse):
-    """A response whose head is written together with the first body bytes (or the end)."""
-
-    _send_headers_immediately = False
 
 
 def _has_body(method: str, status: int) -> bool:

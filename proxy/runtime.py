@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 from .config import Config
+from .plugin_loader import chains_for
 from .routing import Route, Router
 from .upstream import Upstream
 
@@ -17,7 +18,8 @@ from .upstream import Upstream
 class Runtime:
     def __init__(self, config: Config, previous: Runtime | None = None) -> None:
         self.config = config
-        self.router = Router([Route(r, config.chains(i)) for i, r in enumerate(config.routes)])
+        chains = chains_for(config)  # the transform stages: built by the loader, once per load
+        self.router = Router([Route(r, c) for r, c in zip(config.routes, chains, strict=True)])
         self.upstreams: dict[str, Upstream] = {}
         self._fresh: list[Upstream] = []
         for name, upstream_config in config.upstreams.items():

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ from .admin import admin_app
 from .config import Config, ConfigError, load_config
 from .demo import demo_app
 from .metrics import Metrics
-from .protocol import ProxyWebServer
+from .protocol import ProxyWebServer, bound_port
 from .relay import Relay
 from .runtime import Runtime
 
@@ -79,6 +78,7 @@ class ProxyServer:
             self.relay.handle,
             header_timeout=cfg.server.header_timeout,
             max_connections=cfg.server.max_connections,
+            refused=self.relay.refused,
             handler_cancellation=True,
             access_log=None,
             auto_decompress=False,
@@ -121,9 +121,7 @@ class ProxyServer:
             runner, host, port, ssl_context=tls, reuse_port=reuse_port or None, backlog=1024
         )
         await site.start()
-        server: Any = site._server  # the bound asyncio server, to learn an ephemeral port
-        sock: socket.socket = server.sockets[0]
-        return int(sock.getsockname()[1])
+        return bound_port(site)
 
     def _watch_targets(self, runtime: Runtime) -> None:
         for upstream in runtime.upstreams.values():

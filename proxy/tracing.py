@@ -237,7 +237,9 @@ class RequestTrace:
 
     def attempt_failed(self, exc: BaseException) -> None:
         """The current attempt failed before a response head arrived."""
-        self._end_attempt(getattr(exc, "code", None) or type(exc).__name__)
+        # the failure table's kind (unreachable, connect_timeout...), or the error's code
+        kind = getattr(exc, "kind", None) or getattr(exc, "code", None)
+        self._end_attempt(kind or type(exc).__name__)
 
     def answered(self, status: int) -> None:
         if self._attempt is not None:

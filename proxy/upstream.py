@@ -1,16 +1,16 @@
-"""Upstreams: one connection pool each, target choice, passive health, retries.
+"""Upstreams: a transport each (:mod:`proxy.transports`), target choice, health, retries.
 
-This is the one boundary where client exceptions (:mod:`proxy.h1client`'s, and aiohttp's for
-WebSocket handshakes and health checks) become :mod:`proxy.errors`.
+The transports turn their clients' exceptions into :mod:`proxy.errors` or a
+:class:`~proxy.transports.TransportFailure`; the one failure table (:data:`FAILURES`) below
+names what the client is told for each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 import aiohttp
@@ -25,23 +25,18 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .h1client import (
-    ConnectError,
-    ConnectTimeout,
-    Disconnected,
-    H1Error,
-    H1Response,
-    HeadTimeout,
-    InvalidResponse,
-    StaleConnection,
-    TLSError,
+from .h1pool import Endpoint
+from .transports import (
+    IDEMPOTENT,
+    BodyState,
+    Transport,
+    TransportFailure,
+    TransportResponse,
+    UpstreamRequest,
+    make_transport,
 )
-from .h1pool import Endpoint, H1Pool
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f]")
-# Methods whose requests carry no body by convention: no "Content-Length: 0" when they have none.
-BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+__all__ = ["IDEMPOTENT", "BodyState", "Exchange", "Target", "Upstream", "limited_body"]
 
 
 class Target:
@@ -95,7 +90,8 @@ class Target:
 
 
 class Upstream:
-    """A named group of targets sharing one connection pool."""
+    """A named group of targets behind one transport (``client:``): target choice, passive and
+    active health, the one retry loop, the one failure table, the one ``outstanding`` count."""
 
     def __init__(self, name: str, config: UpstreamConfig) -> None:
         self.name = name
@@ -105,43 +101,21 @@ class Upstream:
         )
         self.targets = [Target(t, ssl_ctx) for t in config.targets]
         self._next = 0
-        self.pool = H1Pool(config.connect_timeout, config.read_timeout)
-        self._ssl = ssl_ctx
-        # aiohttp's client, made on first use: WebSocket handshakes and active health checks.
-        self._session: aiohttp.ClientSession | None = None
+        self.transport: Transport = make_transport(name, config, ssl_ctx)
         self.on_target_error: Callable[[Upstream, Target, str], None] | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self.closed = False
 
     async def start(self) -> None:
         if self.config.health is not None:
             self._health_task = asyncio.create_task(self._health_loop())
 
-    def client_session(self) -> aiohttp.ClientSession:
-        """The aiohttp client of this upstream (WebSocket handshakes, health checks)."""
-        if self._session is None:
-            config = self.config
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=0, limit_per_host=0, ssl=self._ssl or False, keepalive_timeout=30
-                ),
-                auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=config.connect_timeout or None,
-                    sock_read=config.read_timeout or None,
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-            )
-        return self._session
-
     async def close(self) -> None:
+        self.closed = True
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
-        self.pool.close()
-        if self._session is not None:
-            await self._session.close()
+        await self.transport.close()
 
     # -- target choice ---------------------------------------------------------------------
 
@@ -179,82 +153,52 @@ class Upstream:
         body: AsyncIterable[bytes] | None,
         host_header: str | None,
         body_state: BodyState,
+        protocols: list[str] | None = None,
         trace: Any = None,
-    ) -> tuple[H1Response, Target]:
+    ) -> Exchange:
         """Send the request to a target and return once its response headers arrived.
 
         Retries on another target when nothing of the request was sent (any method), or when
         the target dropped the connection before answering and the request can be repeated
         (an idempotent method). Never when the body stream was read from: it cannot be replayed.
         A client's body fault (413, a broken upload) is not held against the target.
+        ``protocols`` (not None) makes it a WebSocket handshake offering those subprotocols.
         """
-        # The head is built once: the request line and Host (first, per target), the headers in
-        # their order and repeats, then the body's framing.
         headers.popall("Host", None)
-        fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-        lines = len(headers) + 3  # with the request line, Host and the empty line
-        chunked = False
-        if body is not None:
-            if "Content-Length" not in headers:
-                chunked = True
-                fields += "Transfer-Encoding: chunked\r\n"
-                lines += 1
-        elif method not in BODYLESS and "Content-Length" not in headers:
-            fields += "Content-Length: 0\r\n"
-            lines += 1
-        line = f"{method} {path_qs} HTTP/1.1\r\nHost: "
+        request = UpstreamRequest(
+            method,
+            path_qs,
+            headers,
+            body,
+            host_header,
+            body_state,
+            protocols,  # type: ignore[arg-type]
+        )
         tried: set[Target] = set()
-        attempts = 1 + self.config.retries
         last: ProxyError | None = None
-        pool = self.pool
-        head_only = method == "HEAD"
-        for _ in range(attempts):
+        handle = self.transport.handle
+        for _ in range(1 + self.config.retries):
             try:
                 target = self.pick(tried)
             except UpstreamUnavailable:
                 break
             tried.add(target)
             # With tracing on, each attempt carries its own client span's traceparent.
-            extra = "" if trace is None else trace.attempt(target, path_qs)
-            text = f"{line}{host_header or target.host_header}\r\n{fields}{extra}\r\n"
-            n = lines + extra.count("\r\n") if extra else lines
-            # As aiohttp's writers: no control character but HTAB in the request line or a
-            # header (CR and LF only as the line ends).
-            if text.count("\n") != n or text.count("\r") != n or _CONTROL.search(text) is not None:
-                raise ValueError("a control character in the request line or a header")
-            head = text.encode("utf-8", "surrogateescape")
+            request.extra = "" if trace is None else trace.attempt(target, path_qs)
             target.outstanding += 1
             target.requests += 1
             try:
-                for fresh in (False, True):
-                    try:
-                        resp = await pool.request(
-                            target,
-                            target.endpoint,
-                            head,
-                            None if body is None else _Watched(body, body_state),
-                            chunked,
-                            head_only,
-                            fresh=fresh,
-                        )
-                        break
-                    except StaleConnection:
-                        # A kept-alive connection closed by the upstream as it was reused: once
-                        # more on a new one, when nothing of the request can have been acted on.
-                        if fresh or method not in IDEMPOTENT or body_state.started:
-                            raise
+                resp = await handle(request, target)
             except BaseException as exc:
                 target.outstanding -= 1
                 if trace is not None:
                     trace.attempt_failed(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                if body_state.error is not None:
+                if body_state.error is not None and not isinstance(exc, asyncio.CancelledError):
                     # The client's body was too large or broke off: not the target's fault.
                     raise body_state.error from exc
-                error, retry = self._translate(exc, method, body_state)
-                if error is None:
+                if not isinstance(exc, TransportFailure):
                     raise
+                error, retry = self._translate(exc, request)
                 self._failed(target, error.code)
                 last = error
                 # Whatever went wrong, a body stream that was read from cannot be sent again.
@@ -262,46 +206,92 @@ class Upstream:
                     continue
                 raise error from exc
             target.fails = 0
-            return resp, target
+            return Exchange(resp, target)
         raise last or UpstreamUnavailable(f"no target of upstream {self.name!r} is available")
 
     def _translate(
-        self, exc: BaseException, method: str, body_state: BodyState
-    ) -> tuple[ProxyError | None, bool]:
-        """(the proxy error for ``exc``, whether another target may be tried)."""
-        failure = _failure(exc)
-        if failure is None:
-            return None, False
-        kind, detail = failure
-        error, template, retry = _FAILURES[kind]
+        self, failure: TransportFailure, request: UpstreamRequest
+    ) -> tuple[ProxyError, bool]:
+        """(the proxy error for a transport's failure, whether another target may be tried)."""
+        error, template, retry = FAILURES[failure.kind]
         if retry is None:  # the request may have reached the target
-            retry = method in IDEMPOTENT and not body_state.started
-        return error(template.format(name=self.name, detail=detail)), retry
+            retry = request.repeatable
+        return error(template.format(name=self.name, detail=failure.detail)), retry
 
     # -- active health -----------------------------------------------------------------------
 
     async def _health_loop(self) -> None:
         health = self.config.health
         assert health is not None
-        session = self.client_session()
-        timeout = aiohttp.ClientTimeout(total=health.timeout)
         while True:
             for target in self.targets:
-                try:
-                    async with session.get(
-                        target.origin + health.path, timeout=timeout, allow_redirects=False
-                    ) as resp:
-                        await resp.read()
-                        target.healthy = resp.status < 500
-                except (TimeoutError, aiohttp.ClientError, OSError):
-                    target.healthy = False
+                target.healthy = await self._probe(target, health.path, health.timeout)
             await asyncio.sleep(health.interval)
 
+    async def _probe(self, target: Target, path: str, timeout: float) -> bool:
+        """One health check of ``target`` through the transport: healthy below status 500."""
+        request = UpstreamRequest("GET", path, CIMultiDict(), None, None, BodyState())
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await self.transport.handle(request, target)
+                try:
+                    while await resp.read():
+                        pass
+                finally:
+                    resp.release()
+        except (TimeoutError, TransportFailure, ProxyError, ValueError):
+            return False
+        return resp.status < 500
 
-# What a client is told for each kind of failure (naming what failed, never what the upstream
-# sent: exception texts can carry the upstream's partial response), and whether another target
-# may be tried (None: only if the request can be repeated).
-_FAILURES: dict[str, tuple[type[ProxyError], str, bool | None]] = {
+
+class Exchange:
+    """A response from one target, head arrived, as the relay reads it.
+
+    ``read()`` raises only the proxy's errors. :meth:`finish` (on every path, once) gives the
+    connection back after a complete body or closes it, waits until the request body is no
+    longer read from, and counts the target's ``outstanding`` down.
+    """
+
+    __slots__ = ("_resp", "read", "reason", "status", "target")
+
+    def __init__(self, resp: TransportResponse, target: Target) -> None:
+        self._resp: TransportResponse | None = resp
+        self.target = target
+        self.status = resp.status
+        self.reason = resp.reason
+        self.read = resp.read
+
+    @property
+    def ready(self) -> bool:
+        return self._resp is not None and self._resp.ready
+
+    @property
+    def websocket(self) -> Any:
+        return None if self._resp is None else self._resp.websocket
+
+    def take_headers(self) -> CIMultiDict[str]:
+        assert self._resp is not None
+        return self._resp.take_headers()
+
+    async def finish(self, complete: bool) -> None:
+        resp, self._resp = self._resp, None
+        if resp is None:
+            return
+        self.target.outstanding -= 1
+        if complete:
+            resp.release()
+        else:
+            resp.close()
+        # The request body may still have been streaming upstream (full duplex): its sender is
+        # stopped before the body's generators are closed under it.
+        await resp.settled()
+
+
+# The one failure table. What a client is told for each kind of failure a transport reports
+# (naming what failed, never what the upstream sent: exception texts can carry the upstream's
+# partial response), and whether another target may be tried (None: only if the request can
+# be repeated).
+FAILURES: dict[str, tuple[type[ProxyError], str, bool | None]] = {
     "connect_timeout": (UpstreamTimeout, "connecting to upstream {name!r} timed out", True),
     "head_timeout": (UpstreamTimeout, "upstream {name!r} sent no response headers in time", False),
     "tls": (
@@ -315,77 +305,6 @@ _FAILURES: dict[str, tuple[type[ProxyError], str, bool | None]] = {
     "failed": (UpstreamUnavailable, "upstream {name!r} failed ({detail})", False),
     "failed_io": (UpstreamUnavailable, "upstream {name!r} failed ({detail})", None),
 }
-
-
-def _failure(exc: BaseException) -> tuple[str, str] | None:
-    """The kind of an upstream failure (our client's, or aiohttp's for WebSocket handshakes
-    and health checks) and its detail; None for what is not an upstream failure."""
-    if isinstance(exc, H1Error):
-        if isinstance(exc, ConnectTimeout):
-            return "connect_timeout", ""
-        if isinstance(exc, HeadTimeout):
-            return "head_timeout", ""
-        if isinstance(exc, TLSError):
-            return "tls", ""
-        if isinstance(exc, ConnectError):
-            return "unreachable", exc.reason
-        if isinstance(exc, Disconnected):
-            return "closed", ""
-        if isinstance(exc, InvalidResponse):
-            return "invalid", ""
-        return "failed", type(exc).__name__
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return "connect_timeout", ""
-    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
-        return "head_timeout", ""
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return "tls", ""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "unreachable", exc.os_error.strerror or type(exc.os_error).__name__
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-        return "closed", ""
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return "invalid", ""
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        return "failed_io", type(exc).__name__
-    return None
-
-
-class BodyState:
-    """What happened to a request body while it streamed upstream.
-
-    ``started``: something asked the body stream for a chunk, even if none came yet. From then
-    on the stream cannot be sent again (a generator that was iterated, or was cancelled while
-    it waited for the client, yields nothing more), so the request is never retried.
-    """
-
-    __slots__ = ("error", "received", "started")
-
-    def __init__(self) -> None:
-        self.started = False
-        self.received = 0
-        self.error: ProxyError | None = None
-
-
-class _Watched:
-    """``body`` as handed to the connection for one attempt, marking ``state.started`` on first use.
-
-    A fresh wrapper per attempt around the same stream: an attempt that failed before reading
-    (connection refused, connect timeout) leaves the stream untouched for the next target.
-    """
-
-    __slots__ = ("_it", "_state")
-
-    def __init__(self, body: AsyncIterable[bytes], state: BodyState) -> None:
-        self._it: AsyncIterator[bytes] = aiter(body)
-        self._state = state
-
-    def __aiter__(self) -> _Watched:
-        return self
-
-    def __anext__(self) -> Awaitable[bytes]:
-        self._state.started = True
-        return anext(self._it)
 
 
 async def limited_body(

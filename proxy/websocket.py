@@ -22,12 +22,12 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from multidict import CIMultiDict, istr
 
 from .accesslog import AccessRecord
-from .errors import BadRequest, ProxyError, UpstreamUnavailable
+from .errors import BadRequest
 from .headers import X_REQUEST_ID
-from .upstream import BodyState, Target, Upstream
+from .protocol import drop_websocket_connection
+from .transports.aiohttp_client import WS_CLOSE_TIMEOUT as CLOSE_TIMEOUT
+from .upstream import BodyState, Upstream
 
-# How long one side may take to answer a close frame the other side started.
-CLOSE_TIMEOUT = 5.0
 # How long closing the surviving side may take after the other broke or vanished.
 ABORT_GRACE = 0.5
 # Headers of the handshake that aiohttp makes itself on each leg.
@@ -45,7 +45,6 @@ HANDSHAKE_HEADERS = frozenset(
 )
 # Close codes that never go on the wire (RFC 6455 §7.4.1); 0 is aiohttp's "no code given".
 UNSENDABLE_CODES = frozenset({0, 1005, 1006, 1015})
-WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT)
 
 AnyWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
@@ -81,12 +80,11 @@ async def relay_websocket(
     out: CIMultiDict[str] = CIMultiDict(
         (key, value) for key, value in headers.items() if key not in HANDSHAKE_HEADERS
     )
-    out.popall("Host", None)
-    if host_header is not None:
-        out["Host"] = host_header
 
-    up, target = await _connect(upstream, path_qs, out, protocols)
-    rec.target = target.origin
+    # Through the upstream's transport and its one retry loop, like any request.
+    exchange = await upstream.send("GET", path_qs, out, None, host_header, BodyState(), protocols)
+    up: aiohttp.ClientWebSocketResponse = exchange.websocket
+    rec.target = exchange.target.origin
     try:
         client = web.WebSocketResponse(
             protocols=(up.protocol,) if up.protocol else (),
@@ -119,57 +117,7 @@ async def relay_websocket(
         await _Session(request, client, up, rec).run()
         return client
     finally:
-        target.outstanding -= 1
-
-
-async def _connect(
-    upstream: Upstream, path_qs: str, headers: CIMultiDict[str], protocols: list[str]
-) -> tuple[aiohttp.ClientWebSocketResponse, Target]:
-    """The upstream leg, on the first target that takes it (``outstanding`` counted up)."""
-    session = upstream.client_session()
-    tried: set[Target] = set()
-    last: ProxyError | None = None
-    for _ in range(1 + upstream.config.retries):
-        try:
-            target = upstream.pick(tried)
-        except UpstreamUnavailable:
-            break
-        tried.add(target)
-        url = target.url(path_qs, websocket=True)
-        target.outstanding += 1
-        target.requests += 1
-        try:
-            ws = await session.ws_connect(
-                url,
-                headers=headers,
-                protocols=protocols,
-                autoping=False,
-                autoclose=False,
-                max_msg_size=0,
-                compress=0,
-                timeout=WS_TIMEOUT,
-                decode_text=False,
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            target.outstanding -= 1
-            if exc.status == 101:
-                detail = f"sent an invalid WebSocket handshake ({exc.message})"
-            else:
-                detail = f"answered the WebSocket upgrade with status {exc.status}, not 101"
-            raise UpstreamUnavailable(f"upstream {upstream.name!r} {detail}") from exc
-        except BaseException as exc:
-            target.outstanding -= 1
-            error, retry = upstream._translate(exc, "GET", BodyState())
-            if error is None:
-                raise
-            upstream._failed(target, error.code)
-            last = error
-            if retry and len(tried) < len(upstream.targets):
-                continue
-            raise error from exc
-        target.fails = 0
-        return ws, target
-    raise last or UpstreamUnavailable(f"no target of upstream {upstream.name!r} is available")
+        await exchange.finish(False)
 
 
 class _End(NamedTuple):
@@ -298,9 +246,7 @@ class _Session:
             if transport is not None:
                 transport.close()
         else:
-            # aiohttp internals: the client response holding the upstream connection (what
-            # ClientWebSocketResponse.close() closes once its handshake is done).
-            self.up._response.close()
+            drop_websocket_connection(self.up)
 
 
 async def _despite_cancel(cleanup: Coroutine[Any, Any, None]) -> None:

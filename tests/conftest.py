@@ -49,6 +49,30 @@ class Proxy:
 
 MakeProxy = Callable[..., Awaitable[Proxy]]
 
+# The upstream transports (``client:``). Test modules marked ``transports`` run every test that
+# starts a proxy once per transport: the upstreams the test configures get that ``client:``
+# unless they name one themselves.
+TRANSPORTS = ("native", "aiohttp")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "upstream_client" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "transports"
+    ):
+        metafunc.parametrize("upstream_client", TRANSPORTS, indirect=True)
+
+
+@pytest.fixture
+def upstream_client(request: pytest.FixtureRequest) -> str:
+    """The transport the proxies of this test use: ``native`` unless parametrized."""
+    return getattr(request, "param", "native")
+
+
+def only_native(upstream_client: str, reason: str) -> None:
+    """Skip this run of a test on a transport that cannot do what it checks."""
+    if upstream_client != "native":
+        pytest.skip(f"client: {upstream_client}: {reason}")
+
 
 def proxy_config(
     upstreams: dict[str, Any], routes: list[dict[str, Any]], **server: Any
@@ -65,14 +89,23 @@ def proxy_config(
     }
 
 
+def with_client(config: dict[str, Any], client: str) -> dict[str, Any]:
+    """``config`` with ``client`` set on each upstream that names none."""
+    for upstream in config["upstreams"].values():
+        if isinstance(upstream, dict):
+            upstream.setdefault("client", client)
+    return config
+
+
 @pytest.fixture
-async def make_proxy() -> AsyncIterator[MakeProxy]:
+async def make_proxy(upstream_client: str) -> AsyncIterator[MakeProxy]:
     started: list[ProxyServer] = []
 
     async def factory(
         upstreams: dict[str, Any], routes: list[dict[str, Any]], **server: Any
     ) -> Proxy:
-        config = validate_data(proxy_config(upstreams, routes, **server))
+        data = with_client(proxy_config(upstreams, routes, **server), upstream_client)
+        config = validate_data(data)
         log = io.StringIO()
         srv = ProxyServer(config, access_log=AccessLog(stream=log))
         await srv.start()

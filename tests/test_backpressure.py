@@ -18,6 +18,9 @@ from aiohttp import web
 
 from .conftest import MakeProxy, origin, start_proxy_process, stop_process
 
+# Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
+pytestmark = pytest.mark.transports
+
 MiB = 1024 * 1024
 UPSTREAM_SIZE = 256 * MiB  # far more than the client will read
 CLIENT_READS = 32 * MiB

@@ -36,7 +36,7 @@ def open_fds() -> int:
 
 def pool_counts(proxy: Proxy) -> tuple[int, int]:
     """(connections in use, idle connections kept) of the upstream's connection pool."""
-    return proxy.server.runtime.upstreams["up"].pool.counts()
+    return proxy.server.runtime.upstreams["up"].transport.pool.counts()  # type: ignore[attr-defined]
 
 
 def state(proxy: Proxy) -> dict[str, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 
 import pytest
 from multidict import CIMultiDict
@@ -30,55 +29,19 @@ from proxy.h1pool import Endpoint, H1Pool
 from proxy.upstream import BodyState
 from proxy.upstream import Upstream as ProxyUpstream
 
+from .support.raw_upstream import RawUpstream, raw_upstream
+
 GET = b"GET /x?a=%2F HTTP/1.1\r\nHost: up\r\n\r\n"
 HEAD = b"HEAD /x HTTP/1.1\r\nHost: up\r\n\r\n"
 KEY = "target"
 
 Reply = Callable[["Upstream", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Upstream = RawUpstream
 
 
-@dataclass
-class Upstream:
-    reply: Reply
-    port: int = 0
-    connections: int = 0
-    heads: list[bytes] = field(default_factory=list)
-
-    async def read_head(self, reader: asyncio.StreamReader) -> bytes:
-        async with asyncio.timeout(5):
-            head = await reader.readuntil(b"\r\n\r\n")
-        self.heads.append(head)
-        return head
-
-
-@contextlib.asynccontextmanager
-async def upstream(reply: Reply) -> AsyncIterator[Upstream]:
-    up = Upstream(reply)
-    handlers: set[asyncio.Task[None]] = set()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.add(task)
-        up.connections += 1
-        try:
-            await up.reply(up, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            handlers.discard(task)
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    up.port = server.sockets[0].getsockname()[1]
-    try:
-        yield up
-    finally:
-        server.close()
-        for task in list(handlers):
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-        await server.wait_closed()
+def upstream(reply: Reply) -> contextlib.AbstractAsyncContextManager[RawUpstream]:
+    """A raw upstream whose ``reply`` serves each connection (the connection count aside)."""
+    return raw_upstream(lambda up, reader, writer, n: reply(up, reader, writer))
 
 
 def answering(*responses: bytes) -> Reply:
@@ -86,7 +49,7 @@ def answering(*responses: bytes) -> Reply:
 
     async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         for data in responses:
-            await up.read_head(reader)
+            await up.read_request(reader)
             w.write(data)
             await w.drain()
         await reader.read()  # until the proxy closes
@@ -134,7 +97,7 @@ async def test_keep_alive_connections_are_reused_and_the_head_goes_out_byte_for_
             assert pool.counts() == (0, 1)
         pool.close()
     assert up.connections == 1
-    assert up.heads == [GET] * 3
+    assert up.requests == [GET] * 3
 
 
 async def test_interim_responses_are_skipped_and_repeated_headers_kept_in_order() -> None:
@@ -177,7 +140,7 @@ async def test_a_chunked_body_is_relayed_without_framing_or_trailers_and_the_con
 
 async def test_a_close_delimited_body_ends_at_eof_and_its_connection_is_not_reused() -> None:
     async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        await up.read_head(reader)
+        await up.read_request(reader)
         w.write(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
         await w.drain()
 
@@ -194,7 +157,7 @@ async def test_a_close_delimited_body_ends_at_eof_and_its_connection_is_not_reus
 
 async def test_a_body_shorter_than_its_content_length_is_an_error_at_the_reader() -> None:
     async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        await up.read_head(reader)
+        await up.read_request(reader)
         w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort")
         await w.drain()  # then closed
 
@@ -236,7 +199,7 @@ async def test_a_head_response_followed_by_more_bytes_is_not_reused() -> None:
 
 async def test_bytes_on_an_idle_connection_close_it() -> None:
     async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        await up.read_head(reader)
+        await up.read_request(reader)
         w.write(OK)
         await w.drain()
         await asyncio.sleep(0.1)
@@ -254,10 +217,10 @@ async def test_bytes_on_an_idle_connection_close_it() -> None:
 
 async def test_a_reused_connection_closed_by_the_upstream_is_reported_stale() -> None:
     async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        await up.read_head(reader)
+        await up.read_request(reader)
         w.write(OK)
         await w.drain()
-        await up.read_head(reader)  # the second request: closed without an answer
+        await up.read_request(reader)  # the second request: closed without an answer
 
     async with upstream(reply) as up:
         pool = H1Pool(5, 5)
@@ -284,7 +247,7 @@ async def test_invalid_http_is_refused() -> None:
 
 async def test_silence_before_the_head_and_between_chunks_is_timed() -> None:
     async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        await up.read_head(reader)
+        await up.read_request(reader)
         if up.connections == 2:
             w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
             await w.drain()
@@ -305,21 +268,25 @@ async def test_silence_before_the_head_and_between_chunks_is_timed() -> None:
 async def test_a_reader_that_does_not_read_stops_the_socket_being_read() -> None:
     size = 1024 * HIGH_WATER  # 64 MiB: far more than the kernel buffers on the way
     sent = 0
+    stuck = asyncio.Event()  # the upstream's writes back up: nobody reads its socket
 
     async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         nonlocal sent
-        await up.read_head(reader)
+        await up.read_request(reader)
         w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
         block = b"z" * 65536
         while sent < size:
             w.write(block)
             sent += len(block)
+            if w.transport.get_write_buffer_size() > len(block):
+                stuck.set()  # the kernel took no more: its buffers on the way are full
             await w.drain()
 
     async with upstream(reply) as up:
         pool = H1Pool(5, 5)
         resp = await get(pool, up)
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(5):
+            await stuck.wait()
         # What is held in the process: the buffer (one socket read past the high-water mark at
         # most); the rest waits in the kernel's socket buffers or at the upstream.
         assert resp._buffered <= HIGH_WATER + 2**18
@@ -348,7 +315,7 @@ async def test_a_request_body_without_length_goes_chunked() -> None:
     got: list[bytes] = []
 
     async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        await up.read_head(reader)
+        await up.read_request(reader)
         got.append(await reader.readuntil(b"0\r\n\r\n"))
         w.write(OK)
         await w.drain()
@@ -382,18 +349,18 @@ async def test_a_control_character_in_a_request_header_is_never_written(value: s
                 await target.send("GET", "/", headers, None, None, BodyState())
             # Control: the same request with a clean value goes out.
             headers = CIMultiDict([("X-A", "a\tb")])
-            resp, _ = await target.send("GET", "/", headers, None, None, BodyState())
+            resp = await target.send("GET", "/", headers, None, None, BodyState())
             assert await body_of(resp) == b"hello"
-            resp.release()
+            await resp.finish(True)
         finally:
             await target.close()
-    assert up.heads == [b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-A: a\tb\r\n\r\n" % up.port]
+    assert up.requests == [b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-A: a\tb\r\n\r\n" % up.port]
 
 
 async def test_the_body_framing_of_a_request_is_declared() -> None:
     async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         while True:
-            head = await up.read_head(reader)
+            head = await up.read_request(reader)
             if b"chunked" in head:
                 await reader.readuntil(b"0\r\n\r\n")
             elif b"Content-Length: 3" in head:
@@ -419,12 +386,12 @@ async def test_the_body_framing_of_a_request_is_declared() -> None:
                 headers: CIMultiDict[str] = CIMultiDict()
                 if length is not None:
                     headers["Content-Length"] = length
-                resp, _ = await target.send(
+                resp = await target.send(
                     method, "/", headers, body() if stream else None, None, BodyState()
                 )
                 assert await body_of(resp) == b"hello"
-                resp.release()
-                assert up.heads[-1] == b"%s / HTTP/1.1\r\n%s%s\r\n" % (
+                await resp.finish(True)
+                assert up.requests[-1] == b"%s / HTTP/1.1\r\n%s%s\r\n" % (
                     method.encode(),
                     host,
                     framing,
@@ -440,12 +407,12 @@ def in_pieces(pieces: list[bytes], then: bytes, sent: list[asyncio.Event]) -> Re
 
     async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         if up.connections == 1:
-            await up.read_head(reader)
+            await up.read_request(reader)
             for piece, event in zip(pieces, sent, strict=True):
                 await event.wait()
                 w.write(piece)
                 await w.drain()
-        await up.read_head(reader)
+        await up.read_request(reader)
         w.write(then)
         await w.drain()
         await reader.read()
@@ -484,7 +451,7 @@ async def test_a_content_length_body_over_several_reads(surplus: bytes) -> None:
 
 async def test_a_content_length_body_cut_short_over_several_reads_is_incomplete() -> None:
     async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        await up.read_head(reader)
+        await up.read_request(reader)
         w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst")
         await w.drain()
         await sent.wait()

@@ -18,40 +18,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-import proxy.server
 from proxy.config import ConfigError, validate_data
-from proxy.protocol import ProxyWebServer
 
 from .conftest import MakeProxy, Proxy, proxy_config, raw_exchange
+from .support.common import ROUTE
 
-ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
 REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
-
-# -- the proxy listener with ProxyWebServer ---------------------------------------------------
-
-
-def use_proxy_web_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``ProxyServer.start`` build :class:`ProxyWebServer` for its listener.
-
-    TEMPORARY: until ``ProxyServer.start`` constructs ``ProxyWebServer`` itself, swap it in for
-    ``web.Server`` as ``proxy.server`` sees it. Once wired (``proxy.server`` imports
-    ``ProxyWebServer``), this does nothing.
-    """
-    if hasattr(proxy.server, "ProxyWebServer"):
-        return
-
-    def build(handler: Any, **kwargs: Any) -> ProxyWebServer:
-        relay = handler.__self__  # ProxyServer passes its Relay's bound ``handle``
-        timeout = relay.runtime.config.server.header_timeout
-        return ProxyWebServer(handler, header_timeout=timeout, **kwargs)
-
-    monkeypatch.setattr(proxy.server.web, "Server", build)
-
-
-@pytest.fixture
-def hardened(monkeypatch: pytest.MonkeyPatch) -> None:
-    use_proxy_web_server(monkeypatch)
-
 
 # -- a recording upstream ---------------------------------------------------------------------
 
@@ -293,8 +265,6 @@ def assert_json_error(answer: Answer, *statuses: int) -> dict[str, Any]:
 async def start(make_proxy: MakeProxy, up: Recorder, routes: Any = None, **server: Any) -> Proxy:
     return await make_proxy({"up": [up.origin]}, routes or ROUTE, **server)
 
-
-pytestmark = pytest.mark.usefixtures("hardened")
 
 # -- 1. framing -------------------------------------------------------------------------------
 

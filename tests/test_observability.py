@@ -14,6 +14,7 @@ from aiohttp import web
 from proxy.logs import JsonFormatter, setup_logging
 
 from .conftest import MakeProxy, origin, raw_exchange
+from .support.common import ROUTE, find_sample
 
 FIELDS = {
     "ts",
@@ -34,18 +35,9 @@ FIELDS = {
 
 def sample(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text (labels matched exactly)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, value = line.rsplit(" ", 1)
-        got = {}
-        if "{" in head:
-            for part in head[head.index("{") + 1 : -1].split('",'):
-                key, _, val = part.partition('="')
-                got[key] = val.rstrip('"')
-        if got == labels:
-            return float(value)
-    raise AssertionError(f"no sample {name}{labels}")
+    value = find_sample(text, name, **labels)
+    assert value is not None, f"no sample {name}{labels}"
+    return value
 
 
 async def test_metrics_after_known_traffic(aiohttp_server, make_proxy: MakeProxy) -> None:
@@ -204,3 +196,77 @@ def test_log_level_is_applied() -> None:
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+# -- what the listener refuses itself is logged and counted too -------------------------------
+
+
+async def refused_metrics(proxy, status: int) -> float:  # type: ignore[no-untyped-def]
+    async with aiohttp.ClientSession() as s, s.get(proxy.admin_url("/metrics")) as resp:
+        text = await resp.text()
+    return sample(text, "proxy_requests_total", route="", upstream="", status=str(status))
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "method", "path"),
+    [
+        # framing: a transfer coding below chunked (the gate) and a broken one (the parser)
+        (
+            b"POST /f HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            501,
+            "POST",
+            "/f",
+        ),
+        (
+            b"POST /f HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+            None,
+            None,
+        ),
+        (b"GET /f HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, None, None),
+        (b"GET /f HTTP/2.0\r\nHost: x\r\n\r\n", 505, "GET", "/f"),
+    ],
+)
+async def test_a_refused_request_is_logged_and_counted(
+    make_proxy: MakeProxy,
+    request_bytes: bytes,
+    status: int,
+    method: str | None,
+    path: str | None,
+) -> None:
+    proxy = await make_proxy({"up": ["http://127.0.0.1:9"]}, ROUTE, max_header_size="8KiB")
+    data = await raw_exchange(proxy.port, request_bytes)
+    assert data.startswith(b"HTTP/1.")
+    assert int(data.split(b" ", 2)[1]) == status
+    (line,) = await proxy.until_logged()
+    assert set(line) == FIELDS
+    assert line["status"] == status
+    assert (line["method"], line["path"]) == (method, path)
+    assert line["request_id"].encode() in data  # the id the client was told
+    assert line["bytes_out"] > 0
+    assert await refused_metrics(proxy, status) == 1
+
+
+async def test_a_connection_over_the_limit_is_logged_and_counted(make_proxy: MakeProxy) -> None:
+    proxy = await make_proxy({"up": ["http://127.0.0.1:9"]}, ROUTE, max_connections=1)
+    _, held = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        data = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        held.close()
+    assert data.startswith(b"HTTP/1.1 503")
+    (line,) = await proxy.until_logged()
+    assert line["status"] == 503 and line["outcome"] == "ok"
+    assert line["request_id"].encode() in data
+    assert await refused_metrics(proxy, 503) == 1
+
+
+async def test_a_head_that_does_not_come_in_time_is_logged_and_counted(
+    make_proxy: MakeProxy,
+) -> None:
+    proxy = await make_proxy({"up": ["http://127.0.0.1:9"]}, ROUTE, header_timeout="200ms")
+    data = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n")  # never ends
+    assert data == b""  # dropped without an answer
+    (line,) = await proxy.until_logged()
+    assert line["status"] == 408 and line["outcome"] == "client_abort"
+    assert await refused_metrics(proxy, 408) == 1

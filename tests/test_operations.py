@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 from pathlib import Path
 
 import aiohttp
@@ -12,8 +11,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, origin, start_proxy_process, stop_process
-
-ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
+from .support.common import ROUTE, free_port
 
 
 async def test_healthz_and_readyz(aiohttp_server, make_proxy: MakeProxy) -> None:
@@ -83,12 +81,6 @@ async def test_drain_aborts_what_outlives_the_grace(aiohttp_server, make_proxy: 
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.content.read()  # cut: not a clean end
         r.release()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demo_config(tmp_path: Path, grace: str = "10s") -> tuple[Path, int, int]:
@@ -238,12 +230,12 @@ routes:
             )
             assert await server.reload()
             assert server.runtime.upstreams["kept"] is kept  # same settings: same pool
-            assert not removed.pool.closed  # still serving the stream in flight
+            assert not removed.closed  # still serving the stream in flight
             release.set()
             assert await r.content.read() == b"end\n"
             r.release()
             await asyncio.wait_for(old.closed(), 5)
-            assert removed.pool.closed
-            assert not kept.pool.closed
+            assert removed.closed
+            assert not kept.closed
     finally:
         await server.stop()

@@ -10,8 +10,10 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, origin, raw_exchange, read_head
+from .support.common import ROUTE
 
-ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
+# Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
+pytestmark = pytest.mark.transports
 
 
 async def test_a_chunk_reaches_the_client_while_the_upstream_is_still_busy(

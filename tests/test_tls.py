@@ -14,8 +14,10 @@ import trustme
 from aiohttp import WSMsgType, web
 
 from .conftest import MakeProxy
+from .support.common import ROUTE
 
-ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
+# Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
+pytestmark = pytest.mark.transports
 
 
 @pytest.fixture(scope="module")

@@ -176,7 +176,7 @@ async def test_each_attempt_is_a_client_span_so_retries_show(
     (server,) = rcv.of_kind("server")
     failed, answered = sorted(rcv.of_kind("client"), key=lambda s: s.start)
     assert {failed.parent_id, answered.parent_id} == {server.span_id}
-    assert failed.status == 2 and failed.attributes["error.type"] == "ConnectError"
+    assert failed.status == 2 and failed.attributes["error.type"] == "unreachable"
     assert failed.attributes["server.port"] == unused_tcp_port
     assert "http.request.resend_count" not in failed.attributes
     assert answered.attributes["http.request.resend_count"] == 1
@@ -371,7 +371,7 @@ async def test_failures_mark_the_spans_and_uploads_are_counted(
     assert down.status == 2 and down.attributes["error.type"] == "502"
     assert down.attributes["outcome"] == "upstream_error"
     (failed,) = [c for c in rcv.of_kind("client") if c.parent_id == down.span_id]
-    assert failed.status == 2 and failed.attributes["error.type"] == "ConnectError"
+    assert failed.status == 2 and failed.attributes["error.type"] == "unreachable"
     assert upload.name == "POST /up/" and upload.attributes["http.request.body.size"] == 1000
     assert upload.status == 0
     assert unrouted.name == "GET" and unrouted.attributes["http.response.status_code"] == 404

@@ -16,6 +16,9 @@ from aiohttp import WSMsgType, web
 
 from .conftest import MakeProxy, Proxy, origin, read_head
 
+# Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
+pytestmark = pytest.mark.transports
+
 ROUTE = [{"name": "ws", "match": {"path_prefix": "/"}, "upstream": "up"}]
 
 

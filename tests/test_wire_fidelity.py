@@ -17,11 +17,22 @@ from typing import Any
 
 import pytest
 
-from .conftest import MakeProxy, Proxy
-from .test_fault_injection import RawUpstream, Reply, raw_upstream, reset, sends
+from .conftest import MakeProxy, Proxy, only_native
+from .support.common import ROUTE
+from .support.raw_upstream import RawUpstream, Reply, raw_upstream, reset
+from .test_fault_injection import sends
 from .test_hardening import assert_json_error, exchange, parse_answers
 
-ROUTE = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
+OBS_TEXT = (
+    "aiohttp's client writes header text as UTF-8, so obs-text bytes cannot pass as they came"
+)
+HEAD_UNDER_RESET = (
+    "aiohttp's client loses a response head that arrived before a reset under the upload"
+)
+
+# Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
+pytestmark = pytest.mark.transports
+
 GET = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
@@ -149,8 +160,12 @@ def _echo_request_head() -> object:
 
 @pytest.mark.parametrize("value", [LATIN1, UTF8, b"a\xffb\x80", b"tab\there"])
 async def test_obs_text_in_a_request_header_reaches_the_upstream_byte_for_byte(
-    make_proxy: MakeProxy, value: bytes
+    make_proxy: MakeProxy, value: bytes, upstream_client: str
 ) -> None:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        only_native(upstream_client, OBS_TEXT)  # bytes that are not UTF-8 text
     async with raw_upstream(_echo_request_head()) as up:  # type: ignore[arg-type]
         proxy = await start(make_proxy, up)
         request = (
@@ -175,8 +190,11 @@ async def test_a_control_byte_in_a_request_header_is_a_400(
     assert_json_error(answer, 400)
 
 
-async def test_requests_latin1_header_reaches_the_upstream(make_proxy: MakeProxy) -> None:
+async def test_requests_latin1_header_reaches_the_upstream(
+    make_proxy: MakeProxy, upstream_client: str
+) -> None:
     """``requests`` (via http.client) encodes header values as Latin-1."""
+    only_native(upstream_client, OBS_TEXT)
     import http.client
 
     async with raw_upstream(_echo_request_head()) as up:  # type: ignore[arg-type]
@@ -426,8 +444,9 @@ def answers_401_unread(*, rst: bool, done: asyncio.Event | None = None) -> Reply
 
 
 async def test_an_early_401_then_a_reset_under_the_upload_is_a_401(
-    make_proxy: MakeProxy,
+    make_proxy: MakeProxy, upstream_client: str
 ) -> None:
+    only_native(upstream_client, HEAD_UNDER_RESET)
     async with raw_upstream(answers_401_unread(rst=True)) as up:
         proxy = await start(make_proxy, up)
         results = await asyncio.gather(*(upload(proxy.port, 8 * 2**20) for _ in range(24)))
@@ -563,8 +582,10 @@ async def test_a_websocket_upgrade_offering_a_subprotocol_logs_no_warning(
 
 
 async def test_an_early_answer_cut_by_a_reset_under_the_upload_is_relayed_as_cut(
-    make_proxy: MakeProxy,
+    make_proxy: MakeProxy, upstream_client: str
 ) -> None:
+    only_native(upstream_client, HEAD_UNDER_RESET)
+
     async def reply(
         up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
     ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..problems import suggest
 from ..units import parse_size
 from .selectors import Selector, parse_selector
 
@@ -45,13 +46,6 @@ AUTO = TextSpec("auto")
 BODY = TextSpec("body")
 
 
-def _suggest(word: str, choices: tuple[str, ...]) -> str:
-    import difflib
-
-    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {near[0]!r}?)" if near else ""
-
-
 def parse_text(value: Any, path: str, problems: list[str]) -> TextSpec | None:
     """The spec of a ``text`` value at key ``path``; None (with problems recorded) if invalid."""
     if isinstance(value, TextSpec):
@@ -60,7 +54,7 @@ def parse_text(value: Any, path: str, problems: list[str]) -> TextSpec | None:
         if value in MODES:
             return TextSpec(value)
         problems.append(
-            f"{path}: unknown text mode {value!r}{_suggest(value, MODES)} "
+            f"{path}: unknown text mode {value!r}{suggest(value, MODES)} "
             f"(known: {', '.join(MODES)}, or a mapping {{format, fields, join}})"
         )
         return None
@@ -70,7 +64,7 @@ def parse_text(value: Any, path: str, problems: list[str]) -> TextSpec | None:
     before = len(problems)
     for key in value:
         if key not in _KEYS:
-            problems.append(f"{path}.{key}: unknown key{_suggest(str(key), _KEYS)}")
+            problems.append(f"{path}.{key}: unknown key{suggest(str(key), _KEYS)}")
     max_event = DEFAULT_MAX_EVENT
     if "max_event" in value:
         try:
@@ -86,7 +80,7 @@ def parse_text(value: Any, path: str, problems: list[str]) -> TextSpec | None:
     if preset is not None:
         if preset not in PRESETS:
             problems.append(
-                f"{path}.preset: unknown preset {preset!r}{_suggest(str(preset), PRESETS)} "
+                f"{path}.preset: unknown preset {preset!r}{suggest(str(preset), PRESETS)} "
                 f"(known: {', '.join(PRESETS)})"
             )
         for key in ("format", "fields", "join"):
@@ -98,7 +92,7 @@ def parse_text(value: Any, path: str, problems: list[str]) -> TextSpec | None:
         return None
     if fmt not in FORMATS:
         problems.append(
-            f"{path}.format: unknown format {fmt!r}{_suggest(str(fmt), FORMATS)} "
+            f"{path}.format: unknown format {fmt!r}{suggest(str(fmt), FORMATS)} "
             f"(known: {', '.join(FORMATS)})"
         )
         return None
