@@ -83,8 +83,8 @@ from pydantic_core import PydanticCustomError
 
 from plugins.redact_literal import LiteralStage, ascii_transparent
 from plugins.redact_prefilter import Prefilter, build_prefilter
-from proxy import units
-from proxy.content_types import codec_for
+from proxy.config import units
+from proxy.transform.media import codec_for
 
 __all__ = ["Options", "Redact", "RedactStream", "parse_size", "redact_reference"]
 
@@ -114,7 +114,8 @@ def redact_reference(
 
 
 def parse_size(value: Any) -> int:
-    """Sizes as everywhere in ``proxy.yaml`` (``512``, ``4KiB``, ``1MiB``): ``proxy.units``."""
+    """Sizes as everywhere in ``proxy.yaml`` (``512``, ``4KiB``, ``1MiB``): see
+    ``proxy.config.units``."""
     if isinstance(value, bool):
         raise PydanticCustomError("size", "expected a size like 4KiB, 512 or 1MiB, got a boolean")
     try:

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictStr
 from pydantic_core import PydanticCustomError
 
-from proxy.content_types import codec_for
+from proxy.transform.media import codec_for
 
 __all__ = ["Options", "TagLines", "TagLinesStream", "render_tag", "tag_lines_reference"]
 

@@ -7,10 +7,10 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Sequence
 
-from . import PRODUCT, __version__
-from .config import Config, ConfigError, default_config_path, load_config
-from .logs import setup_logging
-from .plugin_loader import chains_for
+from proxy import PRODUCT, __version__
+from proxy.config.models import Config, ConfigError, default_config_path, load_config
+from proxy.logs import setup_logging
+from proxy.transform.loader import chains_for
 
 EXIT_INVALID = 2
 
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "transform":
         return asyncio.run(_transform(config, args.route, args.request, args.content_type))
     setup_logging(config.server.log_level)
-    from .workers import run_workers
+    from proxy.server.workers import run_workers
 
     return run_workers(config, path)
 
@@ -82,8 +82,8 @@ async def _stdin_chunks(size: int = 65536) -> AsyncIterator[bytes]:
 async def _transform(config: Config, route_name: str, request: bool, content_type: str) -> int:
     from multidict import CIMultiDict, CIMultiDictProxy
 
-    from .pipeline import plan_body
-    from .transform_api import TransformContext
+    from proxy.transform.plan import plan_body
+    from proxy.transform_api import TransformContext
 
     names = [r.name for r in config.routes]
     if route_name not in names:

@@ -1,7 +1,7 @@
 """The proxy's own errors: one small hierarchy, each with its status, code and log outcome.
 
 Lower-layer (aiohttp, asyncio, codec) exceptions are translated into these at the upstream
-boundary (:mod:`proxy.upstream`); :func:`error_response` turns one into the JSON response the
+boundary (:mod:`proxy.upstream.group`); :func:`error_response` turns one into the JSON response the
 client sees, in exactly one place. After the response headers have gone out an error can no
 longer become a status: the relay aborts the client connection instead.
 """

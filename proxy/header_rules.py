@@ -125,7 +125,7 @@ def check_rule_set(
     parsed: dict[str, Any] = {"set": {}, "add": {}, "remove": []}
     for key, value in raw.items():
         if key not in parsed:
-            from .config import suggest
+            from proxy.config.models import suggest
 
             problems.append(f"{path}.{key}: unknown key{suggest(str(key), list(parsed))}")
             continue
@@ -229,7 +229,7 @@ def parse_header_rules(raw: Any, path: str, problems: list[str]) -> HeaderRules:
         return NO_RULES
     for key in raw:
         if key not in ("request", "response", "secret"):
-            from .config import suggest
+            from proxy.config.models import suggest
 
             problems.append(
                 f"{path}.{key}: unknown key{suggest(str(key), ['request', 'response', 'secret'])}"

@@ -20,10 +20,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from .accesslog import AccessLog, AccessRecord
-from .codecs import UnsupportedEncoding
-from .content_types import parse_content_type
-from .errors import (
+from proxy.accesslog import AccessLog, AccessRecord
+from proxy.errors import (
     BadRequest,
     ClientAbort,
     HeadersTooLarge,
@@ -35,7 +33,7 @@ from .errors import (
     UpstreamUnavailable,
     error_response,
 )
-from .headers import (
+from proxy.headers import (
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
     X_FORWARDED_PROTO,
@@ -44,17 +42,19 @@ from .headers import (
     has_control,
     request_id,
 )
-from .metrics import Metrics
-from .pipeline import BodyPlan, filter_accept_encoding, plan_body, upstream_body
-from .protocol import HeadWithBody, RelayedResponse
-from .routing import Route, has_dot_segment
-from .text.errors import TextFormatError
-from .transform_api import TransformContext
-from .upstream import BodyState, Exchange, limited_body
-from .websocket import is_websocket_upgrade, relay_websocket
+from proxy.metrics import Metrics
+from proxy.routing import Route, has_dot_segment
+from proxy.server.protocol import HeadWithBody, RelayedResponse
+from proxy.transform.codecs import UnsupportedEncoding
+from proxy.transform.media import parse_content_type
+from proxy.transform.plan import BodyPlan, filter_accept_encoding, plan_body, upstream_body
+from proxy.transform.text.errors import TextFormatError
+from proxy.transform_api import TransformContext
+from proxy.upstream.group import BodyState, Exchange, limited_body
+from proxy.websocket import is_websocket_upgrade, relay_websocket
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from proxy.runtime import Runtime
 
 log = logging.getLogger("proxy.relay")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .config import RouteConfig
-from .headers import split_host
-from .plugin_loader import RouteChains
+from proxy.config.models import RouteConfig
+from proxy.headers import split_host
+from proxy.transform.loader import RouteChains
 
 
 class Route:

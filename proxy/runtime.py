@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .config import Config
-from .plugin_loader import chains_for
-from .routing import Route, Router
-from .upstream import Upstream
+from proxy.config.models import Config
+from proxy.routing import Route, Router
+from proxy.transform.loader import chains_for
+from proxy.upstream.group import Upstream
 
 
 class Runtime:
@@ -48,7 +48,7 @@ class Runtime:
             if old is not None and old.config == tracing:
                 self.tracing = old
             else:
-                from .tracing import Tracing
+                from proxy.tracing import Tracing
 
                 self.tracing = Tracing(tracing)
         self._previous_tracing = None

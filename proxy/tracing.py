@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from .accesslog import AccessRecord
-    from .config import TracingConfig
-    from .routing import Route
+    from proxy.accesslog import AccessRecord
+    from proxy.config.models import TracingConfig
+    from proxy.routing import Route
 
 _PACKAGES = {
     "opentelemetry-sdk": "opentelemetry.sdk.trace",
@@ -70,7 +70,7 @@ class Tracing:
         from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        from . import __version__
+        from proxy import __version__
 
         self.config = config
         resource = Resource.create(

@@ -21,12 +21,12 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from multidict import CIMultiDict, istr
 
-from .accesslog import AccessRecord
-from .errors import BadRequest
-from .headers import X_REQUEST_ID
-from .protocol import drop_websocket_connection
-from .transports.aiohttp_client import WS_CLOSE_TIMEOUT as CLOSE_TIMEOUT
-from .upstream import BodyState, Upstream
+from proxy.accesslog import AccessRecord
+from proxy.errors import BadRequest
+from proxy.headers import X_REQUEST_ID
+from proxy.server.protocol import drop_websocket_connection
+from proxy.upstream.group import BodyState, Upstream
+from proxy.upstream.transports.aiohttp_client import WS_CLOSE_TIMEOUT as CLOSE_TIMEOUT
 
 # How long closing the surviving side may take after the other broke or vanished.
 ABORT_GRACE = 0.5

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from proxy.accesslog import AccessLog
-from proxy.config import validate_data
-from proxy.server import ProxyServer
+from proxy.config.models import validate_data
+from proxy.server.listener import ProxyServer
 
 
 class Proxy:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import codecs
-from proxy.codecs import (
+from proxy.transform import codecs
+from proxy.transform.codecs import (
     DecodeError,
     Decoder,
     UnsupportedEncoding,

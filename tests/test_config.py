@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import ConfigError, load_config, load_config_text, validate_data
-from proxy.units import parse_duration, parse_size
+from proxy.config.models import ConfigError, load_config, load_config_text, validate_data
+from proxy.config.units import parse_duration, parse_size
 
 BASE = """
 server: {port: 8080}
@@ -218,7 +218,7 @@ def test_tls_files_are_checked_at_load(tmp_path) -> None:
 
 
 def test_text_problems_name_the_route_key_path() -> None:
-    from proxy.config import ConfigError, validate_data
+    from proxy.config.models import ConfigError, validate_data
 
     data = {
         "upstreams": {"u": {"targets": ["http://127.0.0.1:1"]}},

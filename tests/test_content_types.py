@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.content_types import (
+from proxy.transform.media import (
     DEFAULT_CONTENT_TYPES,
     ContentTypeMatcher,
     charset_of,

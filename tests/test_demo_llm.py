@@ -198,7 +198,7 @@ async def test_the_readme_events_example_drops_pings_and_adds_an_event() -> None
 async def test_the_bundled_llm_route_redacts_the_demo_exactly(
     aiohttp_server, make_proxy: MakeProxy
 ) -> None:
-    from proxy.config import RouteConfig
+    from proxy.config.models import RouteConfig
 
     if "text" not in RouteConfig.model_fields:
         pytest.skip("the route option `text` is not implemented yet")

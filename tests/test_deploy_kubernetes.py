@@ -253,7 +253,7 @@ def test_configmap_proxy_yaml_has_the_sidecar_shape() -> None:
 
 
 def test_configmap_proxy_yaml_loads_with_the_engine() -> None:
-    config = pytest.importorskip("proxy.config", exc_type=ModuleNotFoundError)
+    config = pytest.importorskip("proxy.config.models", exc_type=ModuleNotFoundError)
     try:
         loaded = config.load_config_text(proxy_yaml_text(), "deploy/kubernetes/configmap.yaml")
     except config.ConfigError as e:
@@ -462,8 +462,8 @@ async def test_the_egress_recipe_injects_the_key_and_traces(
     from aiohttp import web
 
     from proxy.accesslog import AccessLog
-    from proxy.config import validate_data
-    from proxy.server import ProxyServer
+    from proxy.config.models import validate_data
+    from proxy.server.listener import ProxyServer
 
     from .support.otlp import Receiver
 

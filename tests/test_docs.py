@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.config import Config
-from proxy.config_reference import render
+from proxy.config.models import Config
+from proxy.config.reference import render
 
 ROOT = Path(__file__).parent.parent
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).parent.parent
 def test_the_configuration_reference_is_generated_from_the_models() -> None:
     committed = (ROOT / "docs" / "configuration.md").read_text()
     assert committed == render(), (
-        "docs/configuration.md is stale: run `python -m proxy.config_reference "
+        "docs/configuration.md is stale: run `python -m proxy.config.reference "
         "> docs/configuration.md`"
     )
 
@@ -26,7 +26,7 @@ def test_every_key_is_documented() -> None:
                 missing.append(prefix + name)
         return missing
 
-    from proxy import config
+    from proxy.config import models as config
 
     models = [getattr(config, n) for n in dir(config)]
     models = [m for m in models if isinstance(m, type) and issubclass(m, config._Model)]

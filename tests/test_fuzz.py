@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import Config, ConfigError, load_config_text, validate_data
+from proxy.config.models import Config, ConfigError, load_config_text, validate_data
 
 from .conftest import MakeProxy, Proxy
 from .test_hardening import NotHttp, Recorder, parse_answers

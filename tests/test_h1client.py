@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from multidict import CIMultiDict
 
-from proxy import h1pool
-from proxy.config import UpstreamConfig
-from proxy.h1client import (
+from proxy.config.models import UpstreamConfig
+from proxy.upstream import h1pool
+from proxy.upstream.group import BodyState
+from proxy.upstream.group import Upstream as ProxyUpstream
+from proxy.upstream.h1client import (
     HIGH_WATER,
     BodyIncomplete,
     BodyTimeout,
@@ -25,9 +27,7 @@ from proxy.h1client import (
     InvalidResponse,
     StaleConnection,
 )
-from proxy.h1pool import Endpoint, H1Pool
-from proxy.upstream import BodyState
-from proxy.upstream import Upstream as ProxyUpstream
+from proxy.upstream.h1pool import Endpoint, H1Pool
 
 from .support.raw_upstream import RawUpstream, raw_upstream
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.config import ConfigError, validate_data
+from proxy.config.models import ConfigError, validate_data
 
 from .conftest import MakeProxy, Proxy, proxy_config, raw_exchange
 from .support.common import ROUTE

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.config import ConfigError, validate_data
+from proxy.config.models import ConfigError, validate_data
 
 from .conftest import ROOT, MakeProxy, origin, proxy_config
 

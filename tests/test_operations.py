@@ -186,8 +186,8 @@ async def test_reload_keeps_in_flight_streams_and_closes_removed_upstreams_once_
     import io
 
     from proxy.accesslog import AccessLog
-    from proxy.config import load_config
-    from proxy.server import ProxyServer
+    from proxy.config.models import load_config
+    from proxy.server.listener import ProxyServer
 
     release = asyncio.Event()
 

@@ -295,7 +295,7 @@ async def test_the_readme_plugin_example_runs(
 
 
 def test_plugin_option_errors_name_the_key_path() -> None:
-    from proxy.config import ConfigError, validate_data
+    from proxy.config.models import ConfigError, validate_data
 
     data = {
         "upstreams": {"up": {"targets": ["http://127.0.0.1:1"]}},

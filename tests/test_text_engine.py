@@ -1,4 +1,4 @@
-"""Text inside structured bodies (``proxy.text.engine``), against whole-body references.
+"""Text inside structured bodies (``proxy.transform.text.engine``), against whole-body references.
 
 For every format and preset: random answers holding secrets and multi-byte characters, random
 delta splits (empty deltas too), random byte splits of the stream, keep-alive comments and
@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from plugins.redact import redact_reference
 from plugins.tag_lines import tag_lines_reference
-from proxy.plugin_loader import TransformStage, build_stage
-from proxy.text.engine import text_body
-from proxy.text.errors import TextFormatError
-from proxy.text.spec import TextSpec, parse_text
+from proxy.transform.loader import TransformStage, build_stage
+from proxy.transform.text.engine import text_body
+from proxy.transform.text.errors import TextFormatError
+from proxy.transform.text.spec import TextSpec, parse_text
 
 from .test_text_sse import whatwg_events
 from .transform_support import chunkings, make_ctx

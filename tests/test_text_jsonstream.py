@@ -1,5 +1,5 @@
-"""Tests of ``proxy.text.jsonstream``: the streamed output equals a reference built whole, for
-every chunking; invalid JSON fails closed; nothing waits that need not."""
+"""Tests of ``proxy.transform.text.jsonstream``: the streamed output equals a reference built
+whole, for every chunking; invalid JSON fails closed; nothing waits that need not."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.text.errors import TextFormatError
-from proxy.text.jsonstream import MAX_DEPTH, JsonArrayFramer, JsonRewriter
-from proxy.text.selectors import ANY, Path, Selector, matches, parse_selector
+from proxy.transform.text.errors import TextFormatError
+from proxy.transform.text.jsonstream import MAX_DEPTH, JsonArrayFramer, JsonRewriter
+from proxy.transform.text.selectors import ANY, Path, Selector, matches, parse_selector
 
 from .transform_support import chunkings, split
 

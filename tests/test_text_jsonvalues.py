@@ -1,5 +1,5 @@
-"""``proxy.text.jsonvalues``: string values of a whole JSON document found, rewritten in place,
-and everything else kept byte for byte."""
+"""``proxy.transform.text.jsonvalues``: string values of a whole JSON document found, rewritten
+in place, and everything else kept byte for byte."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.text.jsonvalues import paths_of, rewrite, set_path
-from proxy.text.selectors import parse_selector
+from proxy.transform.text.jsonvalues import paths_of, rewrite, set_path
+from proxy.transform.text.selectors import parse_selector
 
 _TEXT = st.text(max_size=6) | st.sampled_from(["x", "y", "index", '"', "\\", "\u2028", "é😀"])
 _VALUES = st.recursive(

@@ -1,5 +1,5 @@
-"""The SSE reader and writer (``proxy.text.sse``): WHATWG parsing, any split equal to the whole,
-unchanged events written back byte for byte, changed ones still valid SSE."""
+"""The SSE reader and writer (``proxy.transform.text.sse``): WHATWG parsing, any split equal to
+the whole, unchanged events written back byte for byte, changed ones still valid SSE."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.text.errors import TextFormatError
-from proxy.text.sse import (
+from proxy.transform.text.errors import TextFormatError
+from proxy.transform.text.sse import (
     SSEReader,
     SSERecord,
     event_bytes,

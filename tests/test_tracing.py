@@ -22,8 +22,8 @@ import pytest
 from aiohttp import web
 
 from proxy.accesslog import AccessLog
-from proxy.config import ConfigError, validate_data
-from proxy.server import ProxyServer
+from proxy.config.models import ConfigError, validate_data
+from proxy.server.listener import ProxyServer
 
 from .conftest import ROOT, Proxy, origin, proxy_config, start_proxy_process, stop_process
 from .support.otlp import Receiver
@@ -271,7 +271,7 @@ async def test_off_by_default_traceparent_passes_and_nothing_is_imported(
     assert seen[0]["traceparent"] == traceparent() and seen[0]["tracestate"] == "a=1"
     # The product runs without the otel extra: serving without tracing imports none of it.
     code = (
-        "import sys, proxy.server, proxy.cli, proxy.relay\n"
+        "import sys, proxy.server.listener, proxy.cli, proxy.relay\n"
         "assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'imported'\n"
     )
     done = await asyncio.to_thread(
@@ -434,7 +434,7 @@ async def test_a_reload_keeps_the_exporter_when_tracing_is_unchanged(
         path.write_text(json.dumps(data))
 
     write("one")
-    from proxy.config import load_config
+    from proxy.config.models import load_config
 
     server = ProxyServer(load_config(path), str(path), access_log=AccessLog(stream=io.StringIO()))
     await server.start()

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.config import ConfigError, validate_data
+from proxy.config.models import ConfigError, validate_data
 
 from .conftest import MakeProxy, origin, proxy_config
 from .support.common import ROUTE

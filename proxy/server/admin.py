@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from .metrics import CONTENT_TYPE, Metrics
+from proxy.metrics import CONTENT_TYPE, Metrics
 
 
 def admin_app(metrics: Metrics, ready: Callable[[], bool]) -> web.Application:

@@ -1,7 +1,7 @@
-"""Upstreams: a transport each (:mod:`proxy.transports`), target choice, health, retries.
+"""Upstreams: a transport each (:mod:`proxy.upstream.transports`), target choice, health, retries.
 
 The transports turn their clients' exceptions into :mod:`proxy.errors` or a
-:class:`~proxy.transports.TransportFailure`; the one failure table (:data:`FAILURES`) below
+:class:`~proxy.upstream.transports.TransportFailure`; the one failure table (:data:`FAILURES`) below
 names what the client is told for each.
 """
 
@@ -17,16 +17,16 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .config import UpstreamConfig
-from .errors import (
+from proxy.config.models import UpstreamConfig
+from proxy.errors import (
     ClientAbort,
     PayloadTooLarge,
     ProxyError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .h1pool import Endpoint
-from .transports import (
+from proxy.upstream.h1pool import Endpoint
+from proxy.upstream.transports import (
     IDEMPOTENT,
     BodyState,
     Transport,

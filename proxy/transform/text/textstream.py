@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Generator, Sequence
 from typing import Any
 
-from ..transform_api import TransformContext
+from proxy.transform_api import TransformContext
 
 __all__ = ["open_text", "transform_whole"]
 

@@ -3,8 +3,8 @@
 It reaches the targets directly or, with ``proxy:``, through an HTTP forward proxy (absolute-form
 requests for ``http://`` targets, a ``CONNECT`` tunnel for ``https://``). It also carries the
 WebSocket handshakes of both transports. aiohttp's exceptions become
-:class:`~proxy.transports.TransportFailure` (before the head) or the proxy's body errors (after
-it) here and nowhere else.
+:class:`~proxy.upstream.transports.TransportFailure` (before the head) or the proxy's body
+errors (after it) here and nowhere else.
 
 What aiohttp's client does differently from the native one, and the proxy therefore cannot
 promise on this transport: request header values with bytes that are not UTF-8 (obs-text) are
@@ -23,13 +23,19 @@ from typing import TYPE_CHECKING
 import aiohttp
 from multidict import CIMultiDict
 
-from ..errors import UpstreamBodyError, UpstreamBodyTimeout, UpstreamUnavailable
-from ..protocol import CheckedConnector, request_body_sent
-from . import BodyState, TransportFailure, TransportResponse, UpstreamRequest, Watched
+from proxy.errors import UpstreamBodyError, UpstreamBodyTimeout, UpstreamUnavailable
+from proxy.server.protocol import CheckedConnector, request_body_sent
+from proxy.upstream.transports import (
+    BodyState,
+    TransportFailure,
+    TransportResponse,
+    UpstreamRequest,
+    Watched,
+)
 
 if TYPE_CHECKING:
-    from ..config import UpstreamConfig
-    from ..upstream import Target
+    from proxy.config.models import UpstreamConfig
+    from proxy.upstream.group import Target
 
 # How long one side of a WebSocket may take to answer a close frame the other side started.
 WS_CLOSE_TIMEOUT = 5.0

@@ -2,7 +2,7 @@
 
 ``load_config`` reads and validates a file; ``load_config_text`` does the same for text. Both
 raise :class:`ConfigError` listing every problem as ``key.path[i]: reason``. Transform entries are
-checked here for shape only; :mod:`proxy.plugin_loader` turns them into transform stages.
+checked here for shape only; :mod:`proxy.transform.loader` turns them into transform stages.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from pydantic import (
 )
 from yarl import URL
 
-from .header_rules import NO_RULES, HeaderRules, parse_header_rules
-from .plugin_loader import build_chains, remember_chains
-from .problems import ConfigError, describe_error, key_path, suggest
-from .text.spec import AUTO, BODY, TextSpec, parse_text
-from .units import parse_duration, parse_size
+from proxy.config.problems import ConfigError, describe_error, key_path, suggest
+from proxy.config.units import parse_duration, parse_size
+from proxy.header_rules import NO_RULES, HeaderRules, parse_header_rules
+from proxy.transform.loader import build_chains, remember_chains
+from proxy.transform.text.spec import AUTO, BODY, TextSpec, parse_text
 
 DEFAULT_PATH = "proxy.yaml"
 __all__ = ["Config", "ConfigError", "key_path", "load_config", "suggest", "validate_data"]
@@ -316,7 +316,7 @@ class TracingConfig(_Model):
 
     @model_validator(mode="after")
     def _installed(self) -> TracingConfig:
-        from .tracing import missing_packages
+        from proxy.tracing import missing_packages
 
         missing = missing_packages()
         if missing:

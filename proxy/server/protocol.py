@@ -46,8 +46,8 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .errors import ProxyError, error_bytes, error_response, refusal
-from .headers import has_control, request_id, undecodable
+from proxy.errors import ProxyError, error_bytes, error_response, refusal
+from proxy.headers import has_control, request_id, undecodable
 
 log = logging.getLogger("proxy.protocol")
 
@@ -198,7 +198,7 @@ def framing_problem(message: RawRequestMessage) -> tuple[int, str] | None:
     - Header names that are not valid UTF-8 (llhttp refuses them before us), and control bytes
       other than HTAB in a value (CR, LF and NUL are the parser's; the others are ours). Values
       with obs-text (0x80-0xFF) pass: they are kept as the bytes that came and sent upstream as
-      such (:meth:`proxy.upstream.Upstream.send`), never decoded into text.
+      such (:meth:`proxy.upstream.group.Upstream.send`), never decoded into text.
     """
     headers = message.headers
     if not isinstance(headers, CIMultiDictProxy):
@@ -324,8 +324,8 @@ class RelayedResponse(web.StreamResponse):
     without one (browsers then stop sniffing it) and its own ``Server``; both are taken out
     again unless they were there before. ``Date`` it adds only when missing, as RFC 9110 §6.6.1
     asks of a proxy. Header values hold the upstream's bytes as ``surrogateescape`` text (see
-    :mod:`proxy.h1client`); aiohttp's C serializer would drop the escaped bytes, so the head is
-    serialized here instead, refusing what is not a header (CR, LF, control bytes but HTAB).
+    :mod:`proxy.upstream.h1client`); aiohttp's C serializer would drop the escaped bytes, so the
+    head is serialized here instead, refusing what is not a header (CR, LF, control bytes but HTAB).
     """
 
     async def _prepare_headers(self) -> None:

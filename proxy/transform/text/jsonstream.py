@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from json.decoder import scanstring as _scanstring  # type: ignore[attr-defined]
 from json.encoder import encode_basestring as _encode_basestring  # type: ignore[attr-defined]
 
-from .errors import TextFormatError
-from .selectors import Path, Selector, Step, matches
-from .sink import TextSink
+from proxy.transform.text.errors import TextFormatError
+from proxy.transform.text.selectors import Path, Selector, Step, matches
+from proxy.transform.text.sink import TextSink
 
 __all__ = ["MAX_DEPTH", "JsonArrayFramer", "JsonRewriter"]
 

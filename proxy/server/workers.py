@@ -20,9 +20,9 @@ import socket
 import sys
 import tempfile
 
-from .config import Config, ConfigError, load_config
-from .metrics import MULTIPROC_ENV
-from .server import PORT_ENV, ProxyServer
+from proxy.config.models import Config, ConfigError, load_config
+from proxy.metrics import MULTIPROC_ENV
+from proxy.server.listener import PORT_ENV, ProxyServer
 
 log = logging.getLogger("proxy.workers")
 WORKER_ENV = "PROXY_WORKER"

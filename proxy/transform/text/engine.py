@@ -14,15 +14,15 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ..transform_api import Event, TransformContext
-from .errors import TextFormatError
-from .jsonstream import JsonArrayFramer, JsonRewriter
-from .jsonvalues import dumps
-from .presets import PRESET_POLICIES, REQUEST_FIELDS, RESPONSE_FIELDS, detect
-from .records import SENTINELS, FieldsPolicy, JsonTexts, Policy
-from .spec import TextSpec
-from .sse import SSEReader, SSERecord, data_event, event_bytes, record_to_event
-from .textstream import open_text, transform_whole
+from proxy.transform.text.errors import TextFormatError
+from proxy.transform.text.jsonstream import JsonArrayFramer, JsonRewriter
+from proxy.transform.text.jsonvalues import dumps
+from proxy.transform.text.presets import PRESET_POLICIES, REQUEST_FIELDS, RESPONSE_FIELDS, detect
+from proxy.transform.text.records import SENTINELS, FieldsPolicy, JsonTexts, Policy
+from proxy.transform.text.spec import TextSpec
+from proxy.transform.text.sse import SSEReader, SSERecord, data_event, event_bytes, record_to_event
+from proxy.transform.text.textstream import open_text, transform_whole
+from proxy.transform_api import Event, TransformContext
 
 __all__ = ["text_body"]
 

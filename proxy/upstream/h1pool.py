@@ -12,7 +12,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Hashable
 
-from .h1client import (
+from proxy.upstream.h1client import (
     ConnectError,
     ConnectTimeout,
     Disconnected,

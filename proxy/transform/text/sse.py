@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ..transform_api import Event
-from .errors import TextFormatError
+from proxy.transform.text.errors import TextFormatError
+from proxy.transform_api import Event
 
 __all__ = ["SSEReader", "SSERecord", "event_bytes", "record_to_event"]
 

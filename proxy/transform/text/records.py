@@ -15,11 +15,11 @@ import copy
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from ..transform_api import TransformContext
-from .jsonvalues import load, paths_of, rewrite, set_path
-from .selectors import Path, Selector
-from .sink import TextSink
-from .textstream import open_text, transform_whole
+from proxy.transform.text.jsonvalues import load, paths_of, rewrite, set_path
+from proxy.transform.text.selectors import Path, Selector
+from proxy.transform.text.sink import TextSink
+from proxy.transform.text.textstream import open_text, transform_whole
+from proxy.transform_api import TransformContext
 
 __all__ = ["ALL", "FieldsPolicy", "JsonTexts", "Policy", "Record"]
 

@@ -1,6 +1,6 @@
 """The configuration reference, generated from the config models.
 
-``python -m proxy.config_reference > docs/configuration.md`` writes it; a test checks that the
+``python -m proxy.config.reference > docs/configuration.md`` writes it; a test checks that the
 committed file is what this produces, so the reference cannot drift from the code.
 """
 
@@ -15,12 +15,12 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import Config, _workers
-from .units import parse_duration, parse_size
+from proxy.config.models import Config, _workers
+from proxy.config.units import parse_duration, parse_size
 
 HEADER = """# Configuration reference
 
-Generated from `proxy/config.py` by `python -m proxy.config_reference`; do not edit by hand.
+Generated from `proxy/config/models.py` by `python -m proxy.config.reference`; do not edit by hand.
 
 Durations are `250ms`, `5s`, `2m`, `1h` or a number of seconds; sizes are `512KiB`, `100MiB`,
 `1GiB` or a number of bytes. `${VAR}` and `${VAR:-default}` in any string are expanded from the

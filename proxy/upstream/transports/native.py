@@ -1,10 +1,10 @@
-"""The ``native`` transport: the product's own HTTP/1.1 client (:mod:`proxy.h1client`).
+"""The ``native`` transport: the product's own HTTP/1.1 client (:mod:`proxy.upstream.h1client`).
 
 The request head is built once per request as one string (only ``Host`` differs per target)
 and written in one piece; the body streams while the response is read (full duplex). The
-client's exceptions become :class:`~proxy.transports.TransportFailure` (before the head) or the
-proxy's body errors (after it) here and nowhere else. The native client speaks request and
-response only: a WebSocket handshake goes to aiohttp's client (:mod:`.aiohttp_client`).
+client's exceptions become :class:`~proxy.upstream.transports.TransportFailure` (before the
+head) or the proxy's body errors (after it) here and nowhere else. The native client speaks
+request and response only: a WebSocket handshake goes to aiohttp's client (:mod:`.aiohttp_client`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
 
-from ..errors import UpstreamBodyError, UpstreamBodyTimeout
-from ..h1client import (
+from proxy.errors import UpstreamBodyError, UpstreamBodyTimeout
+from proxy.upstream.h1client import (
     ConnectError,
     ConnectTimeout,
     Disconnected,
@@ -27,13 +27,13 @@ from ..h1client import (
     StaleConnection,
     TLSError,
 )
-from ..h1pool import H1Pool
-from . import TransportFailure, TransportResponse, UpstreamRequest, Watched
+from proxy.upstream.h1pool import H1Pool
+from proxy.upstream.transports import TransportFailure, TransportResponse, UpstreamRequest, Watched
 
 if TYPE_CHECKING:
-    from ..config import UpstreamConfig
-    from ..upstream import Target
-    from .aiohttp_client import AiohttpTransport
+    from proxy.config.models import UpstreamConfig
+    from proxy.upstream.group import Target
+    from proxy.upstream.transports.aiohttp_client import AiohttpTransport
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f]")
 # Methods whose requests carry no body by convention: no "Content-Length: 0" when they have none.
@@ -51,7 +51,7 @@ class NativeTransport:
     async def handle(self, request: UpstreamRequest, target: Target) -> TransportResponse:
         if request.protocols is not None:
             if self._upgrades is None:
-                from .aiohttp_client import AiohttpTransport
+                from proxy.upstream.transports.aiohttp_client import AiohttpTransport
 
                 self._upgrades = AiohttpTransport(self.name, self.config, self._ssl)
             return await self._upgrades.handle(request, target)

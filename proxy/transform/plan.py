@@ -15,13 +15,13 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from .codecs import DecodeError, choose_encoding, make_decoder, make_encoder
-from .content_types import charset_of, parse_content_type
-from .errors import UpstreamBodyError
-from .plugin_loader import TransformStage
-from .text.engine import text_body
-from .text.spec import BODY, TextSpec
-from .transform_api import TransformContext
+from proxy.errors import UpstreamBodyError
+from proxy.transform.codecs import DecodeError, choose_encoding, make_decoder, make_encoder
+from proxy.transform.loader import TransformStage
+from proxy.transform.media import charset_of, parse_content_type
+from proxy.transform.text.engine import text_body
+from proxy.transform.text.spec import BODY, TextSpec
+from proxy.transform_api import TransformContext
 
 SUPPORTED_CODINGS = ("gzip", "deflate", "br")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..problems import suggest
-from ..units import parse_size
-from .selectors import Selector, parse_selector
+from proxy.config.problems import suggest
+from proxy.config.units import parse_size
+from proxy.transform.text.selectors import Selector, parse_selector
 
 __all__ = ["MODES", "PRESETS", "TextSpec", "parse_text"]
 

@@ -1,6 +1,6 @@
 """How configuration problems are told: key paths, "did you mean", pydantic errors as lines.
 
-Shared by :mod:`proxy.config` and :mod:`proxy.plugin_loader` (which imports nothing of the
+Shared by :mod:`proxy.config.models` and :mod:`proxy.transform.loader` (which imports nothing of the
 config), so that both report problems the same way.
 """
 

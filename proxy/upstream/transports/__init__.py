@@ -4,15 +4,15 @@ In the shape of httpx's ``handle_async_request``: :meth:`Transport.handle` sends
 :class:`UpstreamRequest` to one target and returns a :class:`TransportResponse` once the
 response head arrived. Two implementations, chosen per upstream by ``client:``:
 
-- :mod:`proxy.transports.native` — the product's own HTTP/1.1 client (:mod:`proxy.h1client`,
-  :mod:`proxy.h1pool`), the default, for speed;
-- :mod:`proxy.transports.aiohttp_client` — aiohttp's ``ClientSession``, which also reaches the
-  targets through an HTTP forward proxy (``proxy:``).
+- :mod:`proxy.upstream.transports.native` — the product's own HTTP/1.1 client
+  (:mod:`proxy.upstream.h1client`, :mod:`proxy.upstream.h1pool`), the default, for speed;
+- :mod:`proxy.upstream.transports.aiohttp_client` — aiohttp's ``ClientSession``, which also
+  reaches the targets through an HTTP forward proxy (``proxy:``).
 
 What a transport promises, whatever client is under it:
 
 - A failure before the response head is a :class:`TransportFailure` naming its kind in the one
-  failure table (:data:`proxy.upstream.FAILURES`); what the request body raised (the client's
+  failure table (:data:`proxy.upstream.group.FAILURES`); what the request body raised (the client's
   fault: 413, a broken upload) comes through as it was raised. Nothing else leaves ``handle``
   but cancellation.
 - The response's ``read()`` returns the body bytes as they arrive (``b""`` at its end) and
@@ -22,7 +22,7 @@ What a transport promises, whatever client is under it:
   closes it; ``settled()`` waits until the request body is no longer read from.
 
 Target choice, retries, passive health and ``outstanding`` live above the transports, once, in
-:class:`proxy.upstream.Upstream`.
+:class:`proxy.upstream.group.Upstream`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict
 
-from ..errors import ProxyError
+from proxy.errors import ProxyError
 
 if TYPE_CHECKING:
-    from ..upstream import Target
+    from proxy.upstream.group import Target
 
 # Methods a request may be repeated with when it may have reached the target (RFC 9110 §9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -130,10 +130,10 @@ class Transport(Protocol):
 def make_transport(name: str, config: Any, ssl_ctx: Any) -> Transport:
     """The transport an upstream's ``client:`` names."""
     if config.client == "aiohttp":
-        from .aiohttp_client import AiohttpTransport
+        from proxy.upstream.transports.aiohttp_client import AiohttpTransport
 
         return AiohttpTransport(name, config, ssl_ctx)
-    from .native import NativeTransport
+    from proxy.upstream.transports.native import NativeTransport
 
     return NativeTransport(name, config, ssl_ctx)
 

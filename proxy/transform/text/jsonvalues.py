@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from json import decoder, scanner
 from typing import Any
 
-from .errors import TextFormatError
-from .selectors import ANY, Path, Selector
+from proxy.transform.text.errors import TextFormatError
+from proxy.transform.text.selectors import ANY, Path, Selector
 
 __all__ = ["dumps", "get_path", "load", "paths_of", "rewrite", "select", "set_path"]
 

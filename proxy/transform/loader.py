@@ -2,7 +2,7 @@
 
 The config is data: its transform entries stay the mappings the file holds. Loading a config
 builds each route's stages once (their problems reported with the config's own, see
-:func:`proxy.config.validate_data`); the :class:`~proxy.runtime.Runtime` takes them with
+:func:`proxy.config.models.validate_data`); the :class:`~proxy.runtime.Runtime` takes them with
 :func:`chains_for`.
 
 A name resolves, in order, to a built-in transform, a plugin registered under the entry-point
@@ -21,9 +21,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .content_types import DEFAULT_CONTENT_TYPES, ContentTypeMatcher
-from .problems import ConfigError, describe_error, key_path, suggest
-from .transform_api import Transform
+from proxy.config.problems import ConfigError, describe_error, key_path, suggest
+from proxy.transform.media import DEFAULT_CONTENT_TYPES, ContentTypeMatcher
+from proxy.transform_api import Transform
 
 ENTRY_POINT_GROUP = "proxy.transforms"
 BUILTINS = {

@@ -13,14 +13,14 @@ from typing import Any
 
 from aiohttp import web
 
-from .accesslog import AccessLog
-from .admin import admin_app
-from .config import Config, ConfigError, load_config
-from .demo import demo_app
-from .metrics import Metrics
-from .protocol import ProxyWebServer, bound_port
-from .relay import Relay
-from .runtime import Runtime
+from proxy.accesslog import AccessLog
+from proxy.config.models import Config, ConfigError, load_config
+from proxy.demo import demo_app
+from proxy.metrics import Metrics
+from proxy.relay import Relay
+from proxy.runtime import Runtime
+from proxy.server.admin import admin_app
+from proxy.server.protocol import ProxyWebServer, bound_port
 
 log = logging.getLogger("proxy.server")
 PORT_ENV = "PROXY_WORKER_PORT"  # the port a worker binds (the supervisor resolved port 0)

@@ -16,8 +16,8 @@ sent, what the kernel still holds of the response is read before the exchange is
 response as framed, and the whole request body sent.
 
 Failures are the exceptions below, each with a fixed text: what an upstream sent never reaches
-an error message. :mod:`proxy.h1pool` keeps idle connections; :mod:`proxy.upstream` turns these
-exceptions into :mod:`proxy.errors`.
+an error message. :mod:`proxy.upstream.h1pool` keeps idle connections;
+:mod:`proxy.upstream.group` turns these exceptions into :mod:`proxy.errors`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import httptools
 from multidict import CIMultiDict
 
 if TYPE_CHECKING:
-    from .h1pool import H1Pool
+    from proxy.upstream.h1pool import H1Pool
 
 HIGH_WATER = 2**16  # body bytes buffered per response before the socket stops being read
 MAX_HEAD = 2**16  # bytes an unfinished response head may take before it is refused

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .records import ALL, Key, Policy, Record
-from .selectors import Path, Selector, parse_selector
+from proxy.transform.text.records import ALL, Key, Policy, Record
+from proxy.transform.text.selectors import Path, Selector, parse_selector
 
 __all__ = ["PRESET_POLICIES", "REQUEST_FIELDS", "RESPONSE_FIELDS", "detect"]
 
