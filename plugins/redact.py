@@ -69,6 +69,7 @@ Unsupported (rejected at load): a lookahead inside a lookbehind.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -502,6 +503,10 @@ class _Spec:
         self.bulk = self.parsed.getwidth()[0] >= 1 and whole <= _BULK_REACH
         self.bulk_reach = int(whole) if self.bulk else 0
         self.ascii_re = _ascii_form(pattern, self.parsed, self.flags) if self.bulk else None
+        self.ascii_bytes: re.Pattern[bytes] | None = None  # the same, on the ASCII bytes
+        if self.ascii_re is not None:
+            with contextlib.suppress(re.error, ValueError):  # \u0041 is no bytes escape
+                self.ascii_bytes = re.compile(pattern.encode("ascii"))
         self._variants: dict[str, _Variant] = {}
         self.variant(_SIGMAS[0])  # compile errors show at load
 
@@ -600,6 +605,7 @@ class _Stage:
         "_overflow",
         "_spec",
         "_template",
+        "_template_bytes",
         "mismatches",
         "redactions",
     )
@@ -611,6 +617,7 @@ class _Stage:
         self._literal = _literal_replacement(spec.re, replacement)
         self._expand = _expander(replacement)
         self._template = replacement
+        self._template_bytes = replacement.encode() if replacement.isascii() else None
         self._dense = False  # the last bulk replacement found dense matches: bulk again
         self._buf = ""  # consumed context + held text
         self._cur = 0  # where the held text starts in _buf
@@ -717,8 +724,13 @@ class _Stage:
             ):
                 return cur  # what precedes the stretch changes a match at its start
         if spec.ascii_re is not None and piece.isascii():
-            rx = spec.ascii_re
-        text, count = rx.subn(self._template, piece)
+            if spec.ascii_bytes is not None and self._template_bytes is not None:
+                data, count = spec.ascii_bytes.subn(self._template_bytes, piece.encode("ascii"))
+                text = data.decode("utf-8")  # the replacement may be UTF-8
+            else:
+                text, count = spec.ascii_re.subn(self._template, piece)
+        else:
+            text, count = rx.subn(self._template, piece)
         out.append(text)
         self.redactions += count
         self._dense = count * SPARSE_CHARS >= c - cur
