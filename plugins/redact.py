@@ -515,6 +515,8 @@ class _Spec:
         if self.ascii_re is not None:
             with contextlib.suppress(re.error, ValueError):  # \u0041 is no bytes escape
                 self.ascii_bytes = re.compile(pattern.encode("ascii"))
+        # what a match's first character may be: a text with none of them starts no match
+        self.first = _first_chars(nodes, self.flags)
         self._variants: dict[str, _Variant] = {}
         self.variant(_SIGMAS[0])  # compile errors show at load
 
@@ -529,6 +531,47 @@ class _Spec:
 
 
 _LOOKS = (sre.ASSERT, sre.ASSERT_NOT)
+
+
+def _first_chars(sub: list[tuple[Any, Any]], flags: int) -> re.Pattern[str] | None:
+    """One character test that the first character of every match passes (a superset: the
+    first atoms the pattern may consume, under their flags); None when a match may be empty
+    or the first character cannot be told (backreferences, conditionals)."""
+    em = _Emitter(_SIGMAS[0], ())
+    atoms: list[str] = []
+
+    def nullable(seq: Iterable[tuple[Any, Any]], flags: int) -> bool:
+        """Adds the first atoms of ``seq``; True when it may consume nothing."""
+        for op, av in seq:
+            if op in _ATOMS:
+                letters = _flag_letters(flags & (re.IGNORECASE | re.DOTALL | re.ASCII))
+                atom = em.atom(op, av)
+                atoms.append(f"(?{letters}:{atom})" if letters else atom)
+                return False
+            if op in (sre.AT, sre.ASSERT, sre.ASSERT_NOT):
+                continue
+            if op is sre.BRANCH:
+                if not any([nullable(alt, flags) for alt in av[1]]):  # every alternative
+                    return False
+            elif op is sre.SUBPATTERN:
+                if not nullable(av[3], (flags | av[1]) & ~av[2]):
+                    return False
+            elif op in _REPEATS:
+                if not nullable(av[2], flags) and av[0] >= 1:
+                    return False
+            elif op is sre.ATOMIC_GROUP:
+                if not nullable(av, flags):
+                    return False
+            else:
+                raise _Unsupported(f"first character of {op}")
+        return True
+
+    try:
+        if nullable(sub, flags):
+            return None
+        return re.compile("|".join(atoms))
+    except (_Unsupported, re.error, RecursionError):
+        return None
 
 
 def _ascii_form(pattern: str, parsed: Any, flags: int) -> re.Pattern[str] | None:
@@ -645,6 +688,14 @@ class _Stage:
             text = self._overflow_step(text, final=False)
             if not text and self._overflow is not None:
                 return ""
+        first = self._spec.first
+        if first is not None and self._cur == len(self._buf) and first.search(text) is None:
+            # nothing held and no match can start in the new text (a few characters of an LLM
+            # token, say): all of it goes out, its end kept as context
+            context = self._spec.context
+            buf = text[-context:] if len(text) >= context else (self._buf + text)[-context:]
+            self._buf, self._cur = buf, len(buf)
+            return text
         buf = self._buf
         sigma = _pick_sigma(buf, text)
         padded = f"{buf}{text}{sigma}"

@@ -14,7 +14,7 @@ from plugins import redact as redact_module
 from plugins.redact import Options, Redact, parse_size, redact_reference
 from proxy.transform_api import TransformContext
 
-from .transform_support import chunkings, make_ctx
+from .transform_support import chunkings, make_ctx, split
 
 SETTINGS = settings(
     deadline=None,
@@ -442,6 +442,41 @@ async def test_safe_text_is_released_at_once():
     assert await next_piece(agen) == b"[REDACTED]"
     with pytest.raises(StopAsyncIteration):
         await next_piece(agen)
+
+
+# Five patterns as an LLM answer's text meets them: tokens of a few characters each
+TOKEN_PATTERNS = [
+    r"sk-[A-Za-z0-9]{20,}",
+    r"(?i)password=\S+",
+    r"[\w.+-]+@[\w-]+\.[\w.]+",
+    r"\b(?:\d[ -]?){13,16}\b",
+    r"(?<=key:)\s*\w+",
+]
+TOKENS = ["sk-", "abc", "DEF", "0123", "x", "pass", "word=", "Pass", "bob", "@", "ex", ".com", " "]
+TOKENS += ["4111", "-", "1111 ", "key:", " v", "!", "é", "😀", "\n"]
+
+
+@examples(300)
+@given(data=st.data())
+def test_tiny_feeds_equal_reference(data):
+    """Feeds of a few characters, most of which cannot start a match of most patterns (those
+    stages let them through without scanning), cut anywhere (split characters too)."""
+    body = "".join(data.draw(st.lists(st.sampled_from(TOKENS), max_size=60))).encode()
+    chunks = split(body, data.draw(st.lists(st.integers(0, len(body)), max_size=40)))
+    ctx = make_ctx()
+    assert run(Redact(patterns=TOKEN_PATTERNS), chunks, ctx) == redact_reference(
+        body, TOKEN_PATTERNS
+    )
+
+
+def test_what_no_match_can_start_in_is_not_scanned():
+    stream = Redact(patterns=TOKEN_PATTERNS[:2]).open(make_ctx())
+    assert [stage._spec.first is not None for stage in stream.stages] == [True, True]
+    assert stream.feed(b"hello ") == b"hello "  # neither "s" nor "p": both stages skip it
+    assert stream.feed(b"sk-") == b""
+    assert stream.feed(b"a") == b""  # held by the first stage: it is not skipped then
+    assert stream.feed(b"b" * 19 + b" ") == b"[REDACTED] "
+    assert stream.close() == b""
 
 
 async def test_decided_matches_and_split_characters_are_released_at_once():
