@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import load
 import textgen
-from peers import BOTH_CPUS, LOAD_CPU, Peer
+from peers import BOTH_CPUS, LOAD_CPU, Peer, text_path
 from procs import http_get, pinned
 from procstat import CpuMeter, rss_kib, tree
 
@@ -235,14 +235,14 @@ def _m4_slow(peer: Peer, ctx: Ctx) -> Result:
 TEXT_SIZE = 64 * MiB
 
 
-@lru_cache(maxsize=3)
-def _reference(kind: str) -> bytes:
-    body = textgen.make_text(TEXT_SIZE)
+@cache
+def _reference(kind: str) -> tuple[bytes, int]:
+    """The reference output of an M5 route, and how many replacements it makes."""
     if kind == "tag":
-        return textgen.tag_reference(body)
-    return textgen.redact_reference(
-        body, textgen.PATTERNS_1 if kind == "r1" else textgen.PATTERNS_10
-    )
+        return textgen.tag_reference(textgen.make_text(TEXT_SIZE)), 0
+    route = textgen.ROUTES[kind]
+    body = textgen.make_text(TEXT_SIZE, route.corpus)
+    return textgen.redact_reference_counted(body, route.patterns)
 
 
 M5_LIMIT = 90.0  # seconds for the 64 MiB body; a slower peer is measured on what came through
@@ -267,10 +267,11 @@ def _curl(url: str, limit: float, keep: bool) -> load.Download:
 def _fetch_text(peer: Peer, route: str, warm: bool) -> load.Download:
     """The speed of one download to /dev/null, the body of a second one (writing 64 MiB to a
     file costs the client's core more than some peers do)."""
-    url = f"{peer.url}/{route}/text?size={TEXT_SIZE}"
+    url = f"{peer.url}{text_path(route, TEXT_SIZE)}"
+    small = f"{peer.url}{text_path(route, 4 * MiB)}"
     if shutil.which("curl"):
         if warm:  # caches, not counted
-            _curl(f"{peer.url}/{route}/text?size={4 * MiB}", 20, keep=False)
+            _curl(small, 20, keep=False)
         timed = _curl(url, M5_LIMIT, keep=False)
         kept = _curl(url, M5_LIMIT, keep=True)
         return load.Download(timed.nbytes, timed.secs, kept.body, timed.complete and kept.complete)
@@ -278,7 +279,7 @@ def _fetch_text(peer: Peer, route: str, warm: bool) -> load.Download:
     async def go() -> load.Download:
         async with load.session(read_bufsize=2**20) as s:
             if warm:  # connections and caches, not counted
-                await load.download(s, f"{peer.url}/{route}/text?size={4 * MiB}", limit=20)
+                await load.download(s, small, limit=20)
             return await load.download(s, url, keep=True, limit=M5_LIMIT)
 
     return load.run_async(go(), M5_LIMIT + 40)
@@ -290,21 +291,21 @@ def _m5_redact(peer: Peer, ctx: Ctx, kind: str) -> Result:
     res: Result = {
         "mbps": (TEXT_SIZE if d.complete else d.nbytes) / d.secs / load.MB,
         "complete": float(d.complete),
-        "leaked": out.count(textgen.LEAK),
+        "leaked": textgen.leaked(out, textgen.ROUTES[kind]),
     }
     if d.complete:
+        reference, planted = _reference(kind)
         res["redacted"] = out.count(textgen.REPLACEMENT)
-        res["planted"] = textgen.planted(textgen.make_text(TEXT_SIZE))
-        res["exact"] = float(out == _reference(kind))
+        res["planted"] = planted
+        res["exact"] = float(out == reference)
     return res
 
 
-def m5_r1(peer: Peer, ctx: Ctx) -> Result:
-    return _m5_redact(peer, ctx, "r1")
+def _m5_route(kind: str) -> Callable[[Peer, Ctx], Result]:
+    def measure(peer: Peer, ctx: Ctx) -> Result:
+        return _m5_redact(peer, ctx, kind)
 
-
-def m5_r10(peer: Peer, ctx: Ctx) -> Result:
-    return _m5_redact(peer, ctx, "r10")
+    return measure
 
 
 def m5_tag(peer: Peer, ctx: Ctx) -> Result:
@@ -321,21 +322,28 @@ def m5_tag(peer: Peer, ctx: Ctx) -> Result:
         at_line_start = out.startswith(tag) + out.count(b"\n" + tag)
         mid_line = out.count(tag) - at_line_start
         res["bad_lines"] = (lines - at_line_start) + mid_line
-        res["exact"] = float(out == _reference("tag"))
+        res["exact"] = float(out == _reference("tag")[0])
     return res
 
 
-def warm_references() -> None:
-    """Build the M5 reference outputs before timing anything."""
-    for kind in ("r1", "r10", "tag"):
+def warm_references(kinds: list[str]) -> None:
+    """Build the M5 reference outputs (of these routes) before timing anything."""
+    for kind in kinds:
         _reference(kind)
 
 
 # ---------------------------------------------------------------- the list
 
+M5_CORPUS_TITLES = {
+    "sparse": "sparse (1 match / 4.3 KB)",
+    "dense": "dense (1 literal / 361 B)",
+    "numeric": "numeric-dense (1 match / 28 B)",
+    "nonascii": "non-ASCII (é😀 on 1 line in 10)",
+}
+
 STREAM_PEERS = {c: c for c in ("direct", "proxy", "naive", "nginx", "caddy")}
 PROXY_PEERS = {c: c for c in ("proxy", "naive", "nginx", "caddy")}
-M5_PEERS = {c: c for c in ("proxy", "naive", "nginx", "nginx-64k")}
+M5_PEERS = {c: c for c in ("proxy", "base", "naive", "nginx", "nginx-64k")}
 M1_METRICS = [
     Metric("rps", "req/s", "higher", 0, ratio=True),
     Metric("p50_ms", "p50 ms", "lower", 2, ratio=True),
@@ -348,7 +356,7 @@ REDACT_METRICS = [
     Metric("complete", f"64 MiB through in {M5_LIMIT:.0f} s", "higher", 0),
     Metric("leaked", "secrets leaked", "lower", 0),
     Metric("redacted", "[REDACTED] count", "", 0),
-    Metric("planted", "secrets planted", "", 0),
+    Metric("planted", "secrets planted (reference's count)", "", 0),
     Metric("exact", "output = reference", "higher", 0),
 ]
 
@@ -403,8 +411,17 @@ MEASURES: list[Measure] = [
         m4_slow,
         timed=False,
     ),
-    Measure("M5r1", "M5 redact, 1 pattern, 64 MiB text", M5_PEERS, REDACT_METRICS, m5_r1),
-    Measure("M5r10", "M5 redact, 10 patterns, 64 MiB text", M5_PEERS, REDACT_METRICS, m5_r10),
+    *(
+        Measure(
+            f"M5{name}",
+            f"M5 redact, {M5_CORPUS_TITLES[r.corpus]}, {len(r.patterns)} pattern"
+            + ("s" if len(r.patterns) > 1 else f" (`{r.patterns[0]}`)"),
+            M5_PEERS,
+            REDACT_METRICS,
+            _m5_route(name),
+        )
+        for name, r in textgen.ROUTES.items()
+    ),
     Measure(
         "M5tag",
         "M5 tag_lines, 64 MiB text",

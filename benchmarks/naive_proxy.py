@@ -4,7 +4,8 @@
 
 The benchmark baseline. With ``--transforms`` it also serves the M5 prefixes the naive way,
 per chunk (so a match split across two chunks is missed, and a chunk that starts mid-line
-gets tagged): ``/r1/`` re.sub with 1 pattern, ``/r10/`` with 10, ``/tag/`` line tagging.
+gets tagged): each redact route of ``textgen.ROUTES`` (``/r1/``, ``/r10/``, ``/d1/`` ...)
+re.sub of its patterns (compiled for bytes), ``/tag/`` line tagging.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from textgen import PATTERNS_1, PATTERNS_10, REPLACEMENT, TAG
+from textgen import REPLACEMENT, ROUTES, TAG
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
-R1 = [re.compile(p.encode()) for p in PATTERNS_1]
-R10 = [re.compile(p.encode()) for p in PATTERNS_10]
 LINE_START = re.compile(rb"(?m)^")
 
 
@@ -37,8 +36,7 @@ def subber(patterns: list[re.Pattern[bytes]]) -> Callable[[bytes], bytes]:
 
 
 MODES: dict[str, Callable[[bytes], bytes]] = {
-    "/r1/": subber(R1),
-    "/r10/": subber(R10),
+    **{f"/{n}/": subber([re.compile(p.encode()) for p in r.patterns]) for n, r in ROUTES.items()},
     "/tag/": lambda chunk: LINE_START.sub(TAG, chunk),
 }
 

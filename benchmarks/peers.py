@@ -1,7 +1,8 @@
 """The proxies under test: how each is configured, started, checked and named.
 
 Every peer serves the same paths: ``/1k``, ``/big``, ``/ticks``, ``/idle`` go to the upstream
-untouched; ``/r1/``, ``/r10/``, ``/tag/`` (prefix stripped) go through the M5 rewrites.
+untouched; ``/tag/`` and each redact route of ``textgen.ROUTES`` (``/r1/``, ``/r10/``,
+``/d1/`` ..., prefix stripped) go through the M5 rewrites.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import yaml
 from procs import Proc, ensure_tool, ensure_venv_tool, free_port, http_get, pinned, wait_port
-from textgen import LITERALS_10, PATTERNS_1, PATTERNS_10, TAG
+from textgen import ROUTES, TAG
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -46,7 +47,17 @@ class Peer:
         return self.url is not None and (self.proc is None or self.proc.alive())
 
 
-M5_ROUTES = ["r1", "r10", "tag"]
+M5_ROUTES = [*ROUTES, "tag"]
+NGINX_SKIPS = {  # sub_filter replaces literal strings only
+    name: "n/a: nginx sub_filter replaces literal strings only, not this regex"
+    for name, r in ROUTES.items()
+    if r.literals is None
+}
+
+
+def text_path(route: str, size: int) -> str:
+    corpus = ROUTES[route].corpus if route in ROUTES else "sparse"
+    return f"/{route}/text?size={size}&corpus={corpus}"
 
 
 def _smoke(peer: Peer, m5_routes: list[str]) -> str | None:
@@ -55,7 +66,7 @@ def _smoke(peer: Peer, m5_routes: list[str]) -> str | None:
     if status != 200 or len(body) != 1024:
         return f"GET /1k gave {status} with {len(body)} bytes: {body[:200]!r}"
     for route in m5_routes:
-        status, body = http_get(f"{peer.url}/{route}/text?size=4096")
+        status, body = http_get(f"{peer.url}{text_path(route, 4096)}")
         want = TAG if route == "tag" else b"[REDACTED]"
         if status != 200 or want not in body:
             return f"GET /{route}/text gave {status}, no {want!r} in {body[:200]!r}"
@@ -126,8 +137,7 @@ def proxy_config(
         }
 
     transforms: dict[str, dict[str, object]] = {
-        "r1": {"redact": {"patterns": PATTERNS_1}},
-        "r10": {"redact": {"patterns": PATTERNS_10}},
+        **{name: {"redact": {"patterns": r.patterns}} for name, r in ROUTES.items()},
         "tag": {"tag_lines": {"tag": TAG.decode()}},
     }
     return {
@@ -148,38 +158,53 @@ def proxy_config(
 
 
 def _launch_proxy(
-    logdir: Path, upstream: int, workers: int, python: str, m5_routes: list[str], attempt: str
+    logdir: Path,
+    upstream: int,
+    workers: int,
+    python: str,
+    m5_routes: list[str],
+    attempt: str,
+    repo: Path = REPO,
+    name: str | None = None,
 ) -> Peer:
-    name = "proxy" if workers == 1 else f"proxy-w{workers}"
+    name = name or ("proxy" if workers == 1 else f"proxy-w{workers}")
     port, admin = free_port(), free_port()
     cfg = logdir / f"{name}-{attempt}.yaml"
     conf = proxy_config(port, admin, upstream, workers, m5_routes)
     cfg.write_text(yaml.safe_dump(conf, sort_keys=False))
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
     }
     argv = [python, "-m", "proxy", "-c", str(cfg)]
     cpus = PROXY_CPU if workers == 1 else BOTH_CPUS
-    proc = Proc(f"{name}-{attempt}", pinned(argv, cpus), logdir, cwd=str(REPO), env=env).start()
+    proc = Proc(f"{name}-{attempt}", pinned(argv, cpus), logdir, cwd=str(repo), env=env).start()
     peer = Peer(name, f"http://127.0.0.1:{port}", proc.pid, proc)
     peer.info = {"config": str(cfg), "admin": f"http://127.0.0.1:{admin}"}
     return _started(peer, port, m5_routes, timeout=30.0)
 
 
-def start_proxy(logdir: Path, upstream: int, workers: int, python: str) -> Peer:
+def start_proxy(
+    logdir: Path,
+    upstream: int,
+    workers: int,
+    python: str,
+    repo: Path = REPO,
+    name: str | None = None,
+) -> Peer:
     """This project with every M5 route; when the config is refused, again without the M5
-    routes it names (``routes[N]...: problem``, per the contract), then without any."""
+    routes it names (``routes[N]...: problem``, per the contract), then without any.
+    ``repo``: another checkout of it (the ``base`` column: the code before a change)."""
     routes = list(M5_ROUTES)
     first: Peer | None = None
     skipped: dict[str, str] = {}
     for attempt in range(1, 4):
-        peer = _launch_proxy(logdir, upstream, workers, python, routes, str(attempt))
+        peer = _launch_proxy(logdir, upstream, workers, python, routes, str(attempt), repo, name)
         first = first or peer
         if peer.available:
             peer.skipped = skipped
             peer.spawn = lambda ok=list(routes): _launch_proxy(
-                logdir, upstream, workers, python, ok, f"fresh{next(_FRESH)}"
+                logdir, upstream, workers, python, ok, f"fresh{next(_FRESH)}", repo, name
             )
             return peer
         text = peer.proc.stderr_tail() if peer.proc else ""
@@ -242,8 +267,11 @@ def _m5_locations() -> str:
 
     red = "[REDACTED]"
     return (
-        loc("r1", [(PATTERNS_1[0], red)])
-        + loc("r10", [(lit, red) for lit in LITERALS_10])
+        "".join(
+            loc(name, [(lit, red) for lit in r.literals])
+            for name, r in ROUTES.items()
+            if r.literals is not None
+        )
         # sub_filter cannot see a line start: "\n" -> "\n[x] " misses the first line
         + loc("tag", [("\n", "\n" + TAG.decode())])
     )
@@ -323,7 +351,8 @@ def start_nginx(
         if not wait_port(port, proc, 20.0):
             peer.url, peer.note = None, f"n/a: nginx did not start: {proc.stderr_tail()}"
             continue
-        problem = _smoke(peer, M5_ROUTES)
+        peer.skipped = dict(NGINX_SKIPS)
+        problem = _smoke(peer, [r for r in M5_ROUTES if r not in NGINX_SKIPS])
         if problem:
             peer.url, peer.note = None, f"n/a: {problem}"
     return peers

@@ -6,9 +6,9 @@ import statistics
 
 from measures import Measure, Metric
 
-COLUMNS = ["direct", "proxy", "naive", "nginx", "nginx-64k", "caddy", "mitmproxy"]
+COLUMNS = ["direct", "proxy", "base", "naive", "nginx", "nginx-64k", "caddy", "mitmproxy"]
 SUBJECT = "proxy"  # this project: the ratios are its figure over each peer's
-RATIO_VS = ["naive", "nginx", "nginx-64k", "caddy", "mitmproxy"]
+RATIO_VS = ["base", "naive", "nginx", "nginx-64k", "caddy", "mitmproxy"]
 
 YES_NO = {"exact", "complete"}  # must hold in every run: shown as yes/no
 Runs = dict[str, dict[str, list[dict[str, float | str]]]]  # measure -> column -> runs
@@ -59,14 +59,17 @@ def _ratio(metric: Metric, mine: object, other: object) -> str:
 
 
 def table(measures: list[Measure], med: Medians) -> str:
-    head = ["measure", "metric", "better", *COLUMNS] + [f"{SUBJECT} ÷ {c}" for c in RATIO_VS]
+    shown = {c for m in measures for c in med.get(m.id, {})}  # columns that ran
+    columns = [c for c in COLUMNS if c in shown]
+    ratio_vs = [c for c in RATIO_VS if c in shown]
+    head = ["measure", "metric", "better", *columns] + [f"{SUBJECT} ÷ {c}" for c in ratio_vs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     arrows = {"higher": "↑", "lower": "↓", "": ""}
     for m in measures:
         cells_by_col = med.get(m.id, {})
         for i, metric in enumerate(m.metrics):
             row = [m.title if i == 0 else "", metric.label, arrows[metric.better]]
-            for col in COLUMNS:
+            for col in columns:
                 if col not in m.columns:
                     row.append("")
                     continue
@@ -77,7 +80,7 @@ def table(measures: list[Measure], med: Medians) -> str:
                 else:
                     row.append(_fmt(metric, cell.get(metric.key)))
             mine = cells_by_col.get(SUBJECT, {}).get(metric.key)
-            for col in RATIO_VS:
+            for col in ratio_vs:
                 other = cells_by_col.get(col, {}).get(metric.key)
                 row.append(_ratio(metric, mine, other) if col in m.columns else "")
             lines.append("| " + " | ".join(row) + " |")

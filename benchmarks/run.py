@@ -96,7 +96,12 @@ def machine() -> dict[str, str]:
 
 
 def start_peers(
-    names: set[str], logdir: Path, upstream: int, python: str, log: list[str]
+    names: set[str],
+    logdir: Path,
+    upstream: int,
+    python: str,
+    log: list[str],
+    base_repo: str | None = None,
 ) -> dict[str, Peer]:
     out: dict[str, Peer] = {}
     if "direct" in names:
@@ -114,6 +119,9 @@ def start_peers(
         if name in names:
             say(f"starting {name} (python -m proxy) ...")
             out[name] = peers.start_proxy(logdir, upstream, workers, python)
+    if "base" in names and base_repo:
+        say(f"starting base (python -m proxy from {base_repo}) ...")
+        out["base"] = peers.start_proxy(logdir, upstream, 1, python, Path(base_repo), "base")
     if "caddy" in names:
         say("starting caddy ...")
         out["caddy"] = peers.start_caddy(logdir, upstream, log)
@@ -176,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     chosen = select(args.only)
     repeats = args.repeat or (1 if args.quick else 3)
     cols = {c.strip() for c in args.peers.split(",")} if args.peers else set(report.COLUMNS)
+    if not args.base:
+        cols.discard("base")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_path = Path(args.out) if args.out else HERE / "results" / f"results-{stamp}.json"
     logdir = HERE / "results" / f"logs-{stamp}"
@@ -196,9 +206,9 @@ def run(args: argparse.Namespace) -> int:
         say(f"upstream on {upstream_url} (pid {up_proc.pid})")
         if any(m.id.startswith("M5") for m in chosen):
             say("building the M5 reference outputs ...")
-            measures.warm_references()
+            measures.warm_references([m.id[2:] for m in chosen if m.id.startswith("M5")])
         late = {"proxy-w2", "nginx-w2"}  # unpinned: started only for their own measure
-        all_peers = start_peers(names - late, logdir, up_port, args.python, install_log)
+        all_peers = start_peers(names - late, logdir, up_port, args.python, install_log, args.base)
         ctx = Ctx(quick=args.quick, upstream_url=upstream_url)
         for m in chosen:
             own: dict[str, Peer] = {}
@@ -266,6 +276,11 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, help="repeats per measure (default 3, 1 with --quick)")
     ap.add_argument("--peers", help=f"comma list of columns to run (default all: {report.COLUMNS})")
     ap.add_argument("--python", default=sys.executable, help="interpreter for python -m proxy")
+    ap.add_argument(
+        "--base",
+        help="another checkout of this project (e.g. the commit before a change), measured "
+        "as the `base` column of M5 beside `proxy`",
+    )
     ap.add_argument("--budget", type=int, help="hard limit for the whole run, seconds")
     ap.add_argument(
         "--quiet-wait",

@@ -9,7 +9,8 @@
 - ``/idle?hold=30``             headers + one chunk, then silence until ``hold`` seconds pass or
                                 ``/release`` is called (then the body ends)
 - ``/release``                  ends every ``/idle`` stream now
-- ``/text?size=N``              N bytes of log lines with planted secrets, text/plain, 64 KiB chunks
+- ``/text?size=N&corpus=C``     N bytes of log lines with planted secrets, text/plain, 64 KiB
+                                chunks; ``C`` one of ``textgen.CORPORA`` (default ``sparse``)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from aiohttp import web
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import contextlib
 
-from textgen import make_text
+from textgen import CORPORA, make_text
 
 CHUNK = 64 * 1024
 MAX_SIZE = 8 * 1024**3
@@ -74,7 +75,10 @@ async def big(request: web.Request) -> web.StreamResponse:
 
 async def text(request: web.Request) -> web.StreamResponse:
     size = _int_arg(request, "size", 64 * 1024**2, 1024**3)
-    return await _send(request, make_text(size), size, "text/plain; charset=utf-8")
+    corpus = request.query.get("corpus", "sparse")
+    if corpus not in CORPORA:
+        raise web.HTTPBadRequest(text=f"no corpus {corpus!r}")
+    return await _send(request, make_text(size, corpus), size, "text/plain; charset=utf-8")
 
 
 async def ticks(request: web.Request) -> web.StreamResponse:
@@ -155,7 +159,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=9000)
     ap.add_argument("--lifetime", type=float, default=4 * 3600, help="exit after this many s")
     args = ap.parse_args()
-    make_text(64 * 1024**2)  # warm the corpus cache before the first request
+    for corpus in CORPORA:  # warm the corpus cache before the first request
+        make_text(64 * 1024**2, corpus)
     with contextlib.suppress(KeyboardInterrupt):
         try:
             import uvloop

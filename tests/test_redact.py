@@ -14,17 +14,34 @@ from plugins import redact as redact_module
 from plugins.redact import Options, Redact, parse_size, redact_reference
 from proxy.transform_api import TransformContext
 
-from .transform_support import chunkings, make_ctx
+from .transform_support import chunkings, make_ctx, split
 
 SETTINGS = settings(
     deadline=None,
     database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,  # ``way``: the same for every example
+    ],
 )
 
 
 def examples(n: int) -> settings:
     return settings(SETTINGS, max_examples=n)
+
+
+# Each equality test runs twice: as the stream decides by default (short texts: match by
+# match), and with every stretch of decided text, however short, replaced in bulk (re.subn).
+BULK = {"_BULK_MIN": 1, "SPARSE_CHARS": 10**9}
+
+
+@pytest.fixture(params=["by match", "in bulk"])
+def way(request, monkeypatch):
+    if request.param == "in bulk":
+        for name, value in BULK.items():
+            monkeypatch.setattr(redact_module, name, value)
+    return request.param
 
 
 EXTRA = ["é", "漢", "😀", " ", "\n"]  # multi-byte characters get split by the byte chunkings
@@ -94,7 +111,7 @@ REPLACEMENTS = ["[REDACTED]", "", "Z"]
 @pytest.mark.parametrize(("pattern", "tokens", "templates"), TRICKY, ids=[t[0] for t in TRICKY])
 @examples(120)
 @given(data=st.data())
-def test_tricky_patterns_equal_reference(pattern, tokens, templates, data):
+def test_tricky_patterns_equal_reference(way, pattern, tokens, templates, data):
     text = data.draw(texts(tokens))
     replacement = data.draw(st.sampled_from(REPLACEMENTS + templates))
     body = text.encode()
@@ -130,7 +147,7 @@ BOUNDARIES = [
 
 
 @pytest.mark.parametrize(("pattern", "text"), BOUNDARIES, ids=[b[0] for b in BOUNDARIES])
-def test_every_split_in_two_or_three(pattern, text):
+def test_every_split_in_two_or_three(way, pattern, text):
     body = text.encode()
     expected = redact_reference(body, [pattern], r"<\g<0>>")
     transform = Redact(patterns=[pattern], replacement=r"<\g<0>>")
@@ -140,12 +157,39 @@ def test_every_split_in_two_or_three(pattern, text):
             assert run(transform, chunks) == expected, chunks
 
 
+# (pattern, a line repeated into a body of dense matches): the body is cut at every offset of
+# the line, then into 2,000-byte chunks, so that stretches replaced in bulk start everywhere
+DENSE_LINES = [
+    (r"\bkey\b", "akey key keys _key k\n"),
+    (r"\b\d{3,4}\b", "x1234 123 12 12345 a999 9999 1\n"),
+    (r"(?<=ab)c|b", "abcbc abc b\n"),
+    (r"(?<![a-z])id=\d{1,5}", "xid=12 id=3 uid=4 id=123456\n"),
+    (r"\s\d\d", "a\x1c12 b 34\t5\n"),  # \s: Unicode counts \x1c as space, ASCII does not
+    (r"é\d|\w\d", "é1 e2 é3 漢4\n"),
+    (r"(?i)qxhost", "QXhost qxhos qxhost\n"),
+    (r"(?m)x$|^y", "x\nyx\n y\n"),
+    (r"x$|\Ay", "x\nyx\n y\n"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "line"), DENSE_LINES, ids=[d[0] for d in DENSE_LINES])
+def test_dense_matches_in_long_chunks(way, pattern, line):
+    body = (line * 300).encode()
+    want = redact_reference(body, [pattern], r"<\g<0>>")
+    count = len(re.findall(pattern, body.decode()))
+    for offset in range(len(line.encode()) + 1):
+        chunks = [body[:offset]] + [body[i : i + 2000] for i in range(offset, len(body), 2000)]
+        ctx = make_ctx()
+        assert run(Redact(patterns=[pattern], replacement=r"<\g<0>>"), chunks, ctx) == want
+        assert ctx.counters.get("redactions", 0) == count
+
+
 ALL_TOKENS = sorted({tok for _, tokens, _ in TRICKY for tok in tokens})
 
 
 @examples(300)
 @given(data=st.data())
-def test_chains_of_patterns_equal_reference(data):
+def test_chains_of_patterns_equal_reference(way, data):
     patterns = data.draw(
         st.lists(st.sampled_from([p for p, _, _ in TRICKY]), min_size=2, max_size=4)
     )
@@ -164,7 +208,7 @@ def test_chains_of_patterns_equal_reference(data):
 
 @examples(200)
 @given(data=st.data())
-def test_invalid_utf8_bytes_are_kept(data):
+def test_invalid_utf8_bytes_are_kept(way, data):
     pattern = data.draw(st.sampled_from([r"password=\S+", r"a+", r".", r"[^a]+", r"\W"]))
     pieces = data.draw(
         st.lists(
@@ -184,7 +228,7 @@ def test_invalid_utf8_bytes_are_kept(data):
 
 @examples(150)
 @given(data=st.data())
-def test_latin1_charset(data):
+def test_latin1_charset(way, data):
     pattern = data.draw(st.sampled_from([r"(?i)grüße=\S+", r"\w+é", r"[à-ÿ]+", r"\bÿ\b"]))
     tokens = ["grüße=", "GRÜSSE=", "é", "à", "ÿ", "x", "\xa0", "\x85", " ", "\n"]
     text = data.draw(texts(tokens, extra=False))
@@ -246,7 +290,7 @@ def draw_pattern(data: st.DataObject, flags: list[str]) -> str:
 
 @examples(400)
 @given(data=st.data())
-def test_random_patterns_equal_reference(data):
+def test_random_patterns_equal_reference(way, data):
     pattern = draw_pattern(data, ["", "(?i)", "(?m)", "(?s)"])
     text = data.draw(st.text(alphabet="aabbc \nA", max_size=30))
     try:
@@ -398,6 +442,41 @@ async def test_safe_text_is_released_at_once():
     assert await next_piece(agen) == b"[REDACTED]"
     with pytest.raises(StopAsyncIteration):
         await next_piece(agen)
+
+
+# Five patterns as an LLM answer's text meets them: tokens of a few characters each
+TOKEN_PATTERNS = [
+    r"sk-[A-Za-z0-9]{20,}",
+    r"(?i)password=\S+",
+    r"[\w.+-]+@[\w-]+\.[\w.]+",
+    r"\b(?:\d[ -]?){13,16}\b",
+    r"(?<=key:)\s*\w+",
+]
+TOKENS = ["sk-", "abc", "DEF", "0123", "x", "pass", "word=", "Pass", "bob", "@", "ex", ".com", " "]
+TOKENS += ["4111", "-", "1111 ", "key:", " v", "!", "é", "😀", "\n"]
+
+
+@examples(300)
+@given(data=st.data())
+def test_tiny_feeds_equal_reference(data):
+    """Feeds of a few characters, most of which cannot start a match of most patterns (those
+    stages let them through without scanning), cut anywhere (split characters too)."""
+    body = "".join(data.draw(st.lists(st.sampled_from(TOKENS), max_size=60))).encode()
+    chunks = split(body, data.draw(st.lists(st.integers(0, len(body)), max_size=40)))
+    ctx = make_ctx()
+    assert run(Redact(patterns=TOKEN_PATTERNS), chunks, ctx) == redact_reference(
+        body, TOKEN_PATTERNS
+    )
+
+
+def test_what_no_match_can_start_in_is_not_scanned():
+    stream = Redact(patterns=TOKEN_PATTERNS[:2]).open(make_ctx())
+    assert [stage._spec.first is not None for stage in stream.stages] == [True, True]
+    assert stream.feed(b"hello ") == b"hello "  # neither "s" nor "p": both stages skip it
+    assert stream.feed(b"sk-") == b""
+    assert stream.feed(b"a") == b""  # held by the first stage: it is not skipped then
+    assert stream.feed(b"b" * 19 + b" ") == b"[REDACTED] "
+    assert stream.close() == b""
 
 
 async def test_decided_matches_and_split_characters_are_released_at_once():

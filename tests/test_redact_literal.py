@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from unittest import mock
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plugins import redact_prefilter
+from plugins import redact_literal, redact_prefilter
 from plugins.redact import Redact, redact_reference
 
 from .test_redact import examples, run
@@ -93,3 +94,72 @@ def test_dense_occurrences(finder, monkeypatch):
     got = run(Redact(patterns=["aa", "ab"], replacement="x"), chunks, ctx)
     assert got == redact_reference(body, ["aa", "ab"], "x")
     assert ctx.counters["redactions"] == matches(body, ["aa", "ab"], "x", "utf-8") == 9501
+
+
+# --------------------------------------------------------------------------------------------
+# dense matches: each way of finding them, forced, against the reference
+
+SELF_OVERLAPPING = ["aa", "aaa", "abab", "aba", "abaab"]
+LITERAL_PATHS = {
+    "hyperscan": {"SPARSE_BYTES": 1},  # never dense: Hyperscan finds every occurrence
+    "split": {"SPARSE_BYTES": 10**9},  # always dense: cut, then bytes.split and join
+    "find": {"SPARSE_BYTES": 10**9, "_CUT_TRIES": 0},  # no cut found: a bytes.find loop
+}
+
+
+def dense_bodies(draw: st.DrawFn) -> bytes:
+    """Runs of the patterns' own letters (most positions start an occurrence), with
+    multi-byte characters and an invalid byte here and there."""
+    pieces = st.sampled_from(["a", "b", "ab", "aab", "abab", "aaaa", "qxhost", "qx", "é", "😀"])
+    text = "".join(draw(st.lists(pieces, max_size=60)))
+    return text.encode("utf-8") + draw(st.sampled_from([b"", b"\xff", b"\xf0\x9f"]))
+
+
+@pytest.mark.parametrize("path", list(LITERAL_PATHS))
+@examples(300)
+@given(data=st.data())
+def test_dense_and_self_overlapping_literals_equal_reference(path, data):
+    patterns = data.draw(
+        st.lists(st.sampled_from([*SELF_OVERLAPPING, "ab", "b", "qxhost"]), min_size=1, max_size=3)
+    )
+    replacement = data.draw(st.sampled_from(["[REDACTED]", "", "a", "ab"]))
+    body = dense_bodies(data.draw)
+    chunks = data.draw(chunkings(body))
+    transform = Redact(patterns=patterns, replacement=replacement)
+    ctx = make_ctx()
+    with mock.patch.multiple(redact_literal, **LITERAL_PATHS[path]):
+        assert transform.open(make_ctx())._on_bytes
+        got = run(transform, chunks, ctx)
+    assert got == redact_reference(body, patterns, replacement)
+    assert ctx.counters.get("redactions", 0) == matches(body, patterns, replacement, "utf-8")
+
+
+@pytest.mark.parametrize("path", list(LITERAL_PATHS))
+@pytest.mark.parametrize("pattern", [*SELF_OVERLAPPING, "qxhost"])
+def test_long_dense_bodies_in_big_chunks(path, pattern):
+    """Chunks of many occurrences (the split path's cut steps back over ones that straddle
+    it), cut at every offset modulo the pattern's length."""
+    body = (b"x" + pattern.encode() * 3 + pattern[:-1].encode() + b"\xc3\xa9") * 700
+    want = redact_reference(body, [pattern], "#")
+    count = matches(body, [pattern], "#", "utf-8")
+    for offset in range(len(pattern) + 1):
+        chunks = [body[:offset]] + [body[i : i + 4099] for i in range(offset, len(body), 4099)]
+        ctx = make_ctx()
+        with mock.patch.multiple(redact_literal, **LITERAL_PATHS[path]):
+            got = run(Redact(patterns=[pattern], replacement="#"), chunks, ctx)
+        assert got == want
+        assert ctx.counters["redactions"] == count
+
+
+def test_the_way_follows_the_density():
+    """Hyperscan while occurrences are sparse, bytes.split once a chunk is dense, and back."""
+    stage = redact_literal.LiteralStage(b"qxhost", b"#")
+    sparse = b"x" * 10_000 + b"qxhost"
+    dense = b"ab qxhost " * 1000
+    stage.feed(sparse)
+    assert not stage._dense
+    stage.feed(dense)
+    assert stage._dense
+    stage.feed(sparse * 3)
+    assert not stage._dense
+    assert stage.redactions == 1 + 1000 + 3
