@@ -91,8 +91,8 @@ from pydantic_core import PydanticCustomError
 
 from plugins.redact_literal import LiteralStage, ascii_transparent
 from plugins.redact_prefilter import Prefilter, build_prefilter
-from proxy.config import units
-from proxy.transform.media import codec_for
+from proxy import transform_api
+from proxy.transform_api import codec_for, drive
 
 __all__ = ["Options", "Redact", "RedactStream", "parse_size", "redact_reference"]
 
@@ -122,12 +122,12 @@ def redact_reference(
 
 
 def parse_size(value: Any) -> int:
-    """Sizes as everywhere in ``proxy.yaml`` (``512``, ``4KiB``, ``1MiB``): see
-    ``proxy.config.units``."""
+    """Sizes as everywhere in ``proxy.yaml`` (``512``, ``4KiB``, ``1MiB``), as a pydantic
+    error when not one."""
     if isinstance(value, bool):
         raise PydanticCustomError("size", "expected a size like 4KiB, 512 or 1MiB, got a boolean")
     try:
-        return units.parse_size(value)
+        return transform_api.parse_size(value)
     except ValueError:
         raise PydanticCustomError(
             "size", "expected a size like 4KiB, 512 or 1MiB, got {value}", {"value": repr(value)}
@@ -1151,15 +1151,5 @@ class Redact:
         """A stream for one body (``ctx`` gives the charset and receives the counters)."""
         return RedactStream(self._specs, self.options, ctx)
 
-    async def __call__(self, chunks: AsyncIterator[bytes], ctx: Any) -> AsyncIterator[bytes]:
-        stream = self.open(ctx)
-        async for chunk in chunks:
-            if chunk:
-                out = stream.feed(chunk)
-                del chunk  # neither piece is kept while the next chunk is awaited
-                if out:
-                    yield out
-                del out
-        out = stream.close()
-        if out:
-            yield out
+    def __call__(self, chunks: AsyncIterator[bytes], ctx: Any) -> AsyncIterator[bytes]:
+        return drive(self.open(ctx), chunks)

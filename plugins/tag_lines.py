@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictStr
 from pydantic_core import PydanticCustomError
 
-from proxy.transform.media import codec_for
+from proxy.transform_api import codec_for, drive
 
 __all__ = ["Options", "TagLines", "TagLinesStream", "render_tag", "tag_lines_reference"]
 
@@ -213,11 +213,5 @@ class TagLines:
             return TagLinesStream(lambda _n, _t=fixed: _t, False)
         return TagLinesStream(render, True)
 
-    async def __call__(self, chunks: AsyncIterator[bytes], ctx: Any) -> AsyncIterator[bytes]:
-        stream = self.open(ctx)
-        async for chunk in chunks:
-            if chunk:
-                out = stream.feed(chunk)
-                del chunk  # neither piece is kept while the next chunk is awaited
-                yield out
-                del out
+    def __call__(self, chunks: AsyncIterator[bytes], ctx: Any) -> AsyncIterator[bytes]:
+        return drive(self.open(ctx), chunks)

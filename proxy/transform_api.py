@@ -22,6 +22,10 @@ A factory may declare its options as a pydantic model in an ``Options`` attribut
 validates the options with it (errors carry the key path down to the offending item) and calls
 the factory with the validated fields. ``content_types`` is taken by the engine for every
 transform and is never passed to the factory.
+
+Helpers for plugins: :func:`drive` (``__call__`` of a transform that has ``open``),
+:func:`codec_for` (the Python codec of a body's charset, as the engine picks it) and
+:func:`parse_size` (``512``, ``4KiB``, ``1MiB`` as everywhere in ``proxy.yaml``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,21 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from multidict import CIMultiDictProxy
+
+from proxy.config.units import parse_size
+from proxy.transform.media import codec_for
+
+__all__ = [
+    "Chunks",
+    "Event",
+    "Stream",
+    "Transform",
+    "TransformContext",
+    "TransformFactory",
+    "codec_for",
+    "drive",
+    "parse_size",
+]
 
 Chunks = AsyncIterator[bytes]
 
@@ -62,6 +81,29 @@ class Transform(Protocol):
 
 
 TransformFactory = Callable[..., Transform]
+
+
+class Stream(Protocol):
+    """A synchronous per-body stream (what ``open(ctx)`` returns)."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+
+async def drive(stream: Stream, chunks: Chunks) -> AsyncIterator[bytes]:
+    """``__call__`` of a transform that has ``open``: the chunks through its stream, no empty
+    piece yielded, neither piece kept while the next chunk is awaited."""
+    async for chunk in chunks:
+        if chunk:
+            out = stream.feed(chunk)
+            del chunk
+            if out:
+                yield out
+            del out
+    out = stream.close()
+    if out:
+        yield out
 
 
 class Event:
