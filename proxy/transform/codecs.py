@@ -303,49 +303,61 @@ class Encoder(Protocol):
     def finish(self) -> bytes: ...
 
 
-class ZlibEncoder:
-    """gzip or zlib-wrapped deflate; every ``encode()`` result ends on a sync flush, so the
-    client can decode everything sent so far without waiting for more."""
+class _FlushingEncoder:
+    """Every ``encode()`` result ends on a flush, so the client can decode everything sent so
+    far without waiting for more; ``finish()`` once ends the stream."""
 
-    def __init__(self, encoding: str, wbits: int, level: int) -> None:
-        self.encoding = encoding
-        self._stream = zlib.compressobj(level, zlib.DEFLATED, wbits)
+    encoding: str
+
+    def __init__(self) -> None:
         self._finished = False
 
     def encode(self, data: bytes) -> bytes:
         if self._finished:
             raise RuntimeError("encode() after finish()")
-        if not data:
-            return b""
-        return self._stream.compress(data) + self._stream.flush(zlib.Z_SYNC_FLUSH)
+        return self._flushed(data) if data else b""
 
     def finish(self) -> bytes:
         if self._finished:
             return b""
         self._finished = True
+        return self._end()
+
+    def _flushed(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _end(self) -> bytes:
+        raise NotImplementedError
+
+
+class ZlibEncoder(_FlushingEncoder):
+    """gzip or zlib-wrapped deflate, each piece ending on a sync flush."""
+
+    def __init__(self, encoding: str, wbits: int, level: int) -> None:
+        super().__init__()
+        self.encoding = encoding
+        self._stream = zlib.compressobj(level, zlib.DEFLATED, wbits)
+
+    def _flushed(self, data: bytes) -> bytes:
+        return self._stream.compress(data) + self._stream.flush(zlib.Z_SYNC_FLUSH)
+
+    def _end(self) -> bytes:
         return self._stream.flush(zlib.Z_FINISH)
 
 
-class BrotliEncoder:
-    """br; every ``encode()`` result ends on a flush, like :class:`ZlibEncoder`."""
+class BrotliEncoder(_FlushingEncoder):
+    """br, each piece ending on a flush."""
 
     encoding = "br"
 
     def __init__(self, quality: int = BROTLI_QUALITY) -> None:
+        super().__init__()
         self._stream = brotli.Compressor(quality=quality)
-        self._finished = False
 
-    def encode(self, data: bytes) -> bytes:
-        if self._finished:
-            raise RuntimeError("encode() after finish()")
-        if not data:
-            return b""
+    def _flushed(self, data: bytes) -> bytes:
         return self._stream.process(data) + self._stream.flush()
 
-    def finish(self) -> bytes:
-        if self._finished:
-            return b""
-        self._finished = True
+    def _end(self) -> bytes:
         return self._stream.finish()
 
 
