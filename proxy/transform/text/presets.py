@@ -210,6 +210,26 @@ class OpenAIPolicy(Policy):
         return Record({**head, "choices": [choice]}, last.name)
 
 
+class _ObjectPolicy(Policy):
+    """A provider whose every record is a JSON object: anything else carries no text."""
+
+    __slots__ = ()
+
+    def texts(self, rec: Record) -> Texts:
+        obj = rec.obj
+        return self.object_texts(obj) if type(obj) is dict else []
+
+    def ends(self, rec: Record) -> Callable[[Key], bool] | str | None:
+        obj = rec.obj
+        return self.object_ends(obj) if type(obj) is dict else None
+
+    def object_texts(self, obj: dict[str, Any]) -> Texts:
+        return []
+
+    def object_ends(self, obj: dict[str, Any]) -> Callable[[Key], bool] | str | None:
+        return None
+
+
 # -- Anthropic Messages ----------------------------------------------------------------------
 
 _BLOCK_FIELDS = {"text": "text", "thinking": "thinking"}
@@ -221,13 +241,10 @@ _DELTA_FIELDS = {
 _DELTA_OF = {"text": "text_delta", "thinking": "thinking_delta", "partial_json": "input_json_delta"}
 
 
-class AnthropicPolicy(Policy):
+class AnthropicPolicy(_ObjectPolicy):
     __slots__ = ()
 
-    def texts(self, rec: Record) -> Texts:
-        obj = rec.obj
-        if not isinstance(obj, dict):
-            return []
+    def object_texts(self, obj: dict[str, Any]) -> Texts:
         kind = obj.get("type")
         index = obj.get("index")
         if kind == "content_block_delta":
@@ -257,9 +274,8 @@ class AnthropicPolicy(Policy):
             if (v := _str(block, f)) is not None
         ]
 
-    def ends(self, rec: Record) -> Callable[[Key], bool] | str | None:
-        obj = rec.obj
-        kind = obj.get("type") if isinstance(obj, dict) else None
+    def object_ends(self, obj: dict[str, Any]) -> Callable[[Key], bool] | str | None:
+        kind = obj.get("type")
         if kind == "content_block_stop":
             return ("block", obj.get("index")).__eq__
         if kind in ("message_stop", "error"):
@@ -281,13 +297,10 @@ class AnthropicPolicy(Policy):
 # -- Ollama ----------------------------------------------------------------------------------
 
 
-class OllamaPolicy(Policy):
+class OllamaPolicy(_ObjectPolicy):
     __slots__ = ()
 
-    def texts(self, rec: Record) -> Texts:
-        obj = rec.obj
-        if not isinstance(obj, dict):
-            return []
+    def object_texts(self, obj: dict[str, Any]) -> Texts:
         out: Texts = []
         message = obj.get("message")
         for field in ("content", "thinking"):
@@ -300,9 +313,8 @@ class OllamaPolicy(Policy):
                 out.append(((field,), value, (field,)))
         return out
 
-    def ends(self, rec: Record) -> Callable[[Key], bool] | str | None:
-        obj = rec.obj
-        return ALL if isinstance(obj, dict) and obj.get("done") is True else None
+    def object_ends(self, obj: dict[str, Any]) -> Callable[[Key], bool] | str | None:
+        return ALL if obj.get("done") is True else None
 
     def remainder(self, key: Key, text: str, last: Record) -> Record:
         assert isinstance(key, tuple)
@@ -320,13 +332,10 @@ class OllamaPolicy(Policy):
 # -- Gemini ----------------------------------------------------------------------------------
 
 
-class GeminiPolicy(Policy):
+class GeminiPolicy(_ObjectPolicy):
     __slots__ = ()
 
-    def texts(self, rec: Record) -> Texts:
-        obj = rec.obj
-        if not isinstance(obj, dict):
-            return []
+    def object_texts(self, obj: dict[str, Any]) -> Texts:
         out: Texts = []
         for p, cand in _dicts(obj.get("candidates")):
             content = cand.get("content")
@@ -338,10 +347,7 @@ class GeminiPolicy(Policy):
                     out.append((path, value, ("cand", _index(cand, p), bool(part.get("thought")))))
         return out
 
-    def ends(self, rec: Record) -> Callable[[Key], bool] | str | None:
-        obj = rec.obj
-        if not isinstance(obj, dict):
-            return None
+    def object_ends(self, obj: dict[str, Any]) -> Callable[[Key], bool] | str | None:
         finished = {
             _index(cand, p)
             for p, cand in _dicts(obj.get("candidates"))
