@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from proxy.transform.text.errors import TextFormatError
 from proxy.transform.text.jsonstream import JsonArrayFramer, JsonRewriter
@@ -28,6 +28,17 @@ __all__ = ["text_body"]
 
 Chunks = AsyncIterator[bytes]
 JSON_MEDIA = ("application/json",)
+
+
+class _Body(NamedTuple):
+    """One body to read: its chunks, the chain, its context and text spec, and the list that
+    tracks every generator made on the way."""
+
+    source: Chunks
+    transforms: Sequence[Any]
+    ctx: TransformContext
+    spec: TextSpec
+    gens: list[Any]
 
 
 def _is_json(media: str) -> bool:
@@ -48,34 +59,35 @@ def text_body(
     gens = track if track is not None else []
     transforms = [s.transform for s in stages if not getattr(s.transform, "events", False)]
     events = [s.transform for s in stages if getattr(s.transform, "events", False)]
+    body = _Body(source, transforms, ctx, spec, gens)
     media = ctx.content_type
     mode = spec.mode
     if mode == "auto":
         if media == "text/event-stream":
-            return _sse(source, transforms, events, ctx, spec, None, gens, sniff=True)
+            return _sse(body, events, None, sniff=True)
         if media == "application/x-ndjson":
-            return _ndjson(source, transforms, ctx, spec, None, gens, sniff=True)
+            return _ndjson(body, None, sniff=True)
         return _plain(source, transforms, ctx, gens)
     if mode == "body":
         return _plain(source, transforms, ctx, gens)
     if mode == "sse":
-        return _sse(source, transforms, events, ctx, spec, None, gens)
+        return _sse(body, events, None)
     if mode == "fields":
         if spec.format == "json":
             return _json(source, transforms, ctx, spec.selectors, spec.max_event)
         policy = FieldsPolicy(spec.selectors, spec.join)
         if spec.format == "ndjson":
-            return _ndjson(source, transforms, ctx, spec, policy, gens)
-        return _sse(source, transforms, events, ctx, spec, policy, gens)
+            return _ndjson(body, policy)
+        return _sse(body, events, policy)
     # a preset
     if ctx.direction == "request":
         if _is_json(media) or not media:
             return _json(source, transforms, ctx, REQUEST_FIELDS[mode], spec.max_event)
         return _plain(source, transforms, ctx, gens)
     if media == "text/event-stream":
-        return _sse(source, transforms, events, ctx, spec, PRESET_POLICIES[mode](), gens)
+        return _sse(body, events, PRESET_POLICIES[mode]())
     if media == "application/x-ndjson":
-        return _ndjson(source, transforms, ctx, spec, PRESET_POLICIES[mode](), gens)
+        return _ndjson(body, PRESET_POLICIES[mode]())
     if _is_json(media):
         if mode == "gemini":
             return _json_or_array(source, transforms, ctx, spec)
@@ -181,16 +193,10 @@ async def _through_events(
 
 
 async def _sse(
-    source: Chunks,
-    transforms: Sequence[Any],
-    events: Sequence[Any],
-    ctx: TransformContext,
-    spec: TextSpec,
-    policy: Policy | None,
-    gens: list[Any],
-    *,
-    sniff: bool = False,
+    body: _Body, events: Sequence[Any], policy: Policy | None, *, sniff: bool = False
 ) -> Chunks:
+    source, transforms, ctx, spec, gens = body
+    del body  # not kept for the life of the stream
     ctx.charset = "utf-8"  # Server-Sent Events always are
     batches: AsyncIterator[list[bytes | SSERecord]]
     if events:
@@ -271,16 +277,9 @@ def _sniff(data: bytes, name: str | None) -> str | None:
 # -- NDJSON ----------------------------------------------------------------------------------
 
 
-async def _ndjson(
-    source: Chunks,
-    transforms: Sequence[Any],
-    ctx: TransformContext,
-    spec: TextSpec,
-    policy: Policy | None,
-    gens: list[Any],
-    *,
-    sniff: bool = False,
-) -> Chunks:
+async def _ndjson(body: _Body, policy: Policy | None, *, sniff: bool = False) -> Chunks:
+    source, transforms, ctx, spec, gens = body
+    del body  # not kept for the life of the stream
     limit = spec.max_event
     buf = b""
     texts = None
