@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from plugins import redact as redact_module
 from plugins.redact import Options, Redact, parse_size, redact_reference
+from plugins.redact import stream as redact_stream
 from proxy.transform_api import TransformContext
 
 from .transform_support import chunkings, make_ctx, split
@@ -40,7 +41,7 @@ BULK = {"_BULK_MIN": 1, "SPARSE_CHARS": 10**9}
 def way(request, monkeypatch):
     if request.param == "in bulk":
         for name, value in BULK.items():
-            monkeypatch.setattr(redact_module, name, value)
+            monkeypatch.setattr(redact_stream, name, value)
     return request.param
 
 

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plugins import redact_literal, redact_prefilter
 from plugins.redact import Redact, redact_reference
+from plugins.redact import literal as redact_literal
+from plugins.redact import prefilter as redact_prefilter
 
 from .test_redact import examples, run
 from .transform_support import chunkings, make_ctx

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plugins import redact_prefilter
-from plugins.redact import Redact, _compile_spec, _Emitter, redact_reference
+from plugins.redact import Redact, redact_reference
+from plugins.redact import prefilter as redact_prefilter
+from plugins.redact.rewrite import _compile_spec, _Emitter
 
 from .test_redact import draw_pattern, examples, run
 from .transform_support import chunkings

@@ -19,7 +19,7 @@ import codecs
 import functools
 import re
 
-from plugins.redact_prefilter import compile_database, hyperscan
+from plugins.redact.prefilter import compile_database, hyperscan
 
 __all__ = ["SPARSE_BYTES", "LiteralStage", "ascii_transparent"]
 

@@ -1,0 +1,462 @@
+"""One body through the stages: each pattern over the text (held back only as long as a match
+may still be going on), or literal stages on the bytes."""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from plugins.redact.literal import LiteralStage, ascii_transparent
+from plugins.redact.options import Options
+from plugins.redact.rewrite import (
+    _SIGMAS,
+    _expander,
+    _literal_replacement,
+    _Spec,
+    _Variant,
+)
+from proxy.transform_api import codec_for
+
+_BULK_MIN = 1024  # bulk replacement (re.subn) on at least this many characters of decided text
+_CUT_TRIES = 8  # steps back from the end looking for a place to end the bulk replacement
+SPARSE_CHARS = 3072  # fewer matches than one in this many characters: match by match
+
+
+class _Stage:
+    """One pattern applied to a stream of text."""
+
+    __slots__ = (
+        "_buf",
+        "_cur",
+        "_dense",
+        "_expand",
+        "_keep",
+        "_literal",
+        "_max",
+        "_must_advance",
+        "_overflow",
+        "_spec",
+        "_template",
+        "_template_bytes",
+        "mismatches",
+        "redactions",
+    )
+
+    def __init__(self, spec: _Spec, replacement: str, max_match: int) -> None:
+        self._spec = spec
+        self._max = max_match
+        self._keep = max(max_match, spec.context)
+        self._literal = _literal_replacement(spec.re, replacement)
+        self._expand = _expander(replacement)
+        self._template = replacement
+        self._template_bytes = replacement.encode() if replacement.isascii() else None
+        self._dense = False  # the last bulk replacement found dense matches: bulk again
+        self._buf = ""  # consumed context + held text
+        self._cur = 0  # where the held text starts in _buf
+        self._must_advance = False  # the last commit was an empty match ending at _cur
+        self._overflow: tuple[str, int, str] | None = None  # (head, anchor, tail)
+        self.redactions = 0
+        self.mismatches = 0  # re and the rewritten pattern disagreed (never seen; held if so)
+
+    @property
+    def held(self) -> int:
+        """Characters held back (neither emitted nor swallowed yet)."""
+        return len(self._buf) - self._cur
+
+    def feed(self, text: str) -> str:
+        lead = self._spec.lead
+        if lead is not None and self._overflow is None:
+            # The cheap way first: where the lead finds nothing in the held text and the new,
+            # or only a start cut by the end, everything before that start is decided.
+            buf, cur = self._buf, self._cur
+            s = f"{buf[cur:]}{text}" if cur < len(buf) else text
+            m = lead.search(s)
+            if m is None:
+                keep = len(s)
+            elif m.end(1) < 0 and m.end() == len(s):  # a start cut by the end: held
+                keep = m.start()
+            else:
+                keep = -1  # a start that may be a match: the patterns decide
+            if keep >= 0 and len(s) - keep <= self._max:
+                cur += keep
+                start = max(0, cur - self._spec.context)
+                self._buf, self._cur = f"{buf}{text}"[start:], cur - start
+                if keep:
+                    self._must_advance = False
+                return s[:keep]
+        out: list[str] = []
+        if self._overflow is not None:
+            text = self._overflow_step(text, final=False)
+            if not text and self._overflow is not None:
+                return ""
+        first = self._spec.first
+        if first is not None and self._cur == len(self._buf) and first.search(text) is None:
+            # nothing held and no match can start in the new text (a few characters of an LLM
+            # token, say): all of it goes out, its end kept as context
+            context = self._spec.context
+            buf = text[-context:] if len(text) >= context else (self._buf + text)[-context:]
+            self._buf, self._cur = buf, len(buf)
+            return text
+        buf = self._buf
+        sigma = _pick_sigma(buf, text)
+        padded = f"{buf}{text}{sigma}"
+        n = len(padded) - 1
+        cur = self._scan(out, padded, n, self._cur, self._spec.variant(sigma))
+        if n - cur > self._max:
+            self._buf, self._cur = padded[:n], cur
+            self._fail_closed(out)
+        else:
+            start = max(0, cur - self._spec.context)
+            self._buf, self._cur = padded[start:n], cur - start
+        return "".join(out)
+
+    def flush(self, text: str = "") -> str:
+        """The end of the text: everything held is decided now."""
+        out: list[str] = []
+        if self._overflow is not None:
+            text = self._overflow_step(text, final=True)
+        buf = self._buf + text
+        self._commit(out, buf, len(buf), self._cur, len(buf) + 1)
+        self._buf, self._cur, self._must_advance = "", 0, False
+        return "".join(out)
+
+    # ---- deciding
+
+    def _scan(self, out: list[str], padded: str, n: int, cur: int, v: _Variant) -> int:
+        """Emit what is decided in ``padded[:n]`` (``padded[n]`` is the sentinel)."""
+        spec = self._spec
+        tail = max(cur, n - spec.reach)
+        if cur < tail:
+            prefilter = spec.prefilter
+            starts = None
+            if prefilter is not None and not (self._dense and spec.bulk):
+                starts = prefilter.starts(padded, cur, n)
+                if (
+                    starts is not None
+                    and spec.literal_prefix
+                    and len(starts) * SPARSE_CHARS > n - cur
+                ):
+                    starts = None  # dense: a Python step per candidate costs more than re.subn
+            if starts is None and spec.bulk:
+                cur = self._bulk(out, padded, n, cur)
+            if cur < tail:
+                if starts is None:
+                    cur, done = self._phase(out, v.main, padded, n, cur, tail)
+                else:
+                    cur, done = self._phase_at(out, v.main, padded, n, cur, tail, starts)
+                if done:
+                    return cur
+        cur, _ = self._phase(out, v.full, padded, n, cur, n + 1)
+        return cur
+
+    def _bulk(self, out: list[str], padded: str, n: int, cur: int) -> int:
+        """Replace the matches of a decided stretch ``[cur, c)`` with one ``re.subn`` (no
+        Python per match); the new position.
+
+        ``c`` is chosen so that ``re.sub`` on the stretch alone decides every start in it as
+        the whole stream does: a match attempt at ``q`` reads at most ``bulk_reach``
+        characters, so starts before ``c - bulk_reach`` see the same text; no match may start
+        in the last ``bulk_reach`` characters, neither as if the text ended at ``c`` nor with
+        what follows (else ``c`` steps back to it); and the first ``context`` starts, which
+        may look behind ``cur``, must match alike with and without what precedes.
+        """
+        spec = self._spec
+        rx, r = spec.re, spec.bulk_reach
+        c = n - r - 1  # attempts before it never reach the sentinel; c + r <= n
+        if c - cur < _BULK_MIN:
+            return cur
+        for _ in range(_CUT_TRIES):
+            m = rx.search(padded, c - r, c)  # as the stretch alone would have it
+            s = c if m is None else m.start()
+            m = rx.search(padded, c - r, c + r)  # as the whole text has it
+            if m is not None and m.start() < s:
+                s = m.start()
+            if s >= c:
+                break
+            c = s
+        else:
+            return cur
+        if c - cur < _BULK_MIN:
+            return cur
+        piece = padded[cur:c]
+        for q in range(cur, cur + spec.context):
+            alone, whole = rx.match(piece, q - cur), rx.match(padded, q)
+            if (alone is None) != (whole is None) or (
+                alone is not None
+                and whole is not None
+                and (alone.start() + cur, alone.end() + cur) != whole.span()
+            ):
+                return cur  # what precedes the stretch changes a match at its start
+        if spec.ascii_re is not None and piece.isascii():
+            if spec.ascii_bytes is not None and self._template_bytes is not None:
+                data, count = spec.ascii_bytes.subn(self._template_bytes, piece.encode("ascii"))
+                text = data.decode("utf-8")  # the replacement may be UTF-8
+            else:
+                text, count = spec.ascii_re.subn(self._template, piece)
+        else:
+            text, count = rx.subn(self._template, piece)
+        out.append(text)
+        self.redactions += count
+        self._dense = count * SPARSE_CHARS >= c - cur
+        self._must_advance = False
+        return c
+
+    def _phase(
+        self, out: list[str], pat: re.Pattern[str], padded: str, n: int, cur: int, limit: int
+    ) -> tuple[int, bool]:
+        """Decide the starts in [cur, limit) with ``pat``; True when the frontier was found."""
+        m = pat.search(padded, cur)
+        if m is None or m.start() >= limit:
+            return self._emit(out, padded, cur, min(limit, n)), False
+        if m.end() > n:  # the first thing there needs more text: the frontier
+            return self._emit(out, padded, cur, m.start()), True
+        # matches up to the frontier: final. Nothing starts in [cur, m.start()), so go on from
+        # there; each match object comes from re itself (anchored: no second scan).
+        begin = m.start()
+        first = True
+        for m in pat.finditer(padded, begin):
+            start, end = m.span()
+            if first:
+                first = False
+                if self._must_advance and start == end == cur:
+                    continue  # the empty match committed last time; finditer goes on as re.sub
+            if start >= limit:
+                break
+            if end > n:
+                return self._emit(out, padded, cur, start), True
+            real = self._spec.re.match(padded, start, n)
+            if real is None or real.end() != end:  # after an empty match at cur: re.sub's order
+                real = self._match_in_order(padded, cur, n, start, end)
+                if real is None:  # pragma: no cover - safety net, never seen
+                    self.mismatches += 1
+                    return self._emit(out, padded, cur, start), True
+            cur = self._replace(out, padded, cur, start, end, real)
+        return max(cur, self._emit(out, padded, cur, min(limit, n))), False
+
+    def _phase_at(
+        self,
+        out: list[str],
+        pat: re.Pattern[str],
+        padded: str,
+        n: int,
+        cur: int,
+        limit: int,
+        starts: list[int],
+    ) -> tuple[int, bool]:
+        """:meth:`_phase` trying only ``starts`` (the prefilter's; the pattern cannot match
+        empty, so re.sub's empty-match rules do not arise)."""
+        for q in starts:
+            if q >= limit:
+                break
+            if q < cur:
+                continue
+            m = pat.match(padded, q)
+            if m is None:
+                continue
+            end = m.end()
+            if end > n:  # the frontier
+                return self._emit(out, padded, cur, q), True
+            real = self._spec.re.match(padded, q, n)
+            if real is None or real.end() != end:  # pragma: no cover - safety net, never seen
+                self.mismatches += 1
+                return self._emit(out, padded, cur, q), True
+            cur = self._replace(out, padded, cur, q, end, real)
+        return max(cur, self._emit(out, padded, cur, min(limit, n))), False
+
+    def _match_in_order(
+        self, padded: str, cur: int, n: int, start: int, end: int
+    ) -> re.Match[str] | None:
+        """re's match at ``start`` as ``re.sub`` finds it going on from ``cur``."""
+        first = True
+        for real in self._spec.re.finditer(padded, cur, n):
+            if first:
+                first = False
+                if self._must_advance and real.start() == real.end() == cur:
+                    continue
+            if real.start() >= start:
+                return real if real.span() == (start, end) else None
+        return None
+
+    def _replace(
+        self, out: list[str], text: str, cur: int, start: int, end: int, match: re.Match[str]
+    ) -> int:
+        """Emit the text before a committed match and its replacement; the new position."""
+        if start > cur:
+            out.append(text[cur:start])
+        out.append(self._expand(match))
+        self.redactions += 1
+        self._must_advance = start == end
+        return end
+
+    def _emit(self, out: list[str], text: str, cur: int, to: int) -> int:
+        if to > cur:
+            out.append(text[cur:to])
+            self._must_advance = False
+            return to
+        return cur
+
+    def _commit(self, out: list[str], buf: str, n: int, cur: int, frontier: int) -> int:
+        """Emit the matches of ``buf[:n]`` starting before ``frontier``, and the text."""
+        first = True
+        for m in self._spec.re.finditer(buf, cur, n):
+            start, end = m.span()
+            if first:
+                first = False
+                if self._must_advance and start == end == cur:
+                    continue  # committed already; finditer now goes on as re.sub would
+            if start >= frontier:
+                break
+            cur = self._replace(out, buf, cur, start, end, m)
+        return self._emit(out, buf, cur, min(frontier, n))
+
+    # ---- fail closed
+
+    def _fail_closed(self, out: list[str]) -> None:
+        """The held text outgrew max_match: redact it and swallow the rest of the runaway."""
+        out.append(self._literal)
+        self.redactions += 1
+        buf, cur = self._buf, self._cur
+        start = max(0, cur - self._spec.context)
+        head = buf[start : cur + self._max]
+        tail = buf[cur + self._max :][-self._keep :]
+        self._overflow = (head, cur - start, tail)
+        self._buf, self._cur, self._must_advance = "", 0, False
+
+    def _overflow_step(self, text: str, final: bool) -> str:
+        """Swallow text while the runaway match may go on.
+
+        Returns the text that follows it (then ``_buf``/``_cur`` hold the context before it),
+        or ``""`` with the overflow still on.
+        """
+        assert self._overflow is not None
+        head, anchor, tail = self._overflow
+        window = head + tail + text
+        boundary = len(head) + len(tail)  # where the new text starts in the window
+        if not final:
+            sigma = _pick_sigma(window, "")
+            m = self._spec.variant(sigma).full.match(window + sigma, anchor)
+            if m is not None and m.end() > len(window):  # it may still be going on
+                tail += text
+                if len(tail) > 2 * self._keep:
+                    tail = tail[-self._keep :]
+                self._overflow = (head, anchor, tail)
+                return ""
+        m = self._spec.re.match(window, anchor)
+        resume = max(boundary, m.end()) if m is not None else boundary
+        start = max(0, resume - self._spec.context)
+        self._overflow = None
+        self._buf, self._cur, self._must_advance = window[start:resume], resume - start, False
+        return window[resume:]
+
+
+def _pick_sigma(a: str, b: str) -> str:
+    for sigma in _SIGMAS:
+        if sigma not in a and sigma not in b:
+            return sigma
+    raise ValueError("the text contains every sentinel character")  # pragma: no cover
+
+
+def _literal_stages(
+    specs: Sequence[_Spec], options: Options, codec: str
+) -> list[LiteralStage] | None:
+    """Byte-level stages when every pattern is an ASCII literal and the charset allows it
+    (:mod:`plugins.redact.literal`); None otherwise."""
+    if not ascii_transparent(codec):
+        return None
+    stages = []
+    for spec in specs:
+        literal = spec.literal
+        if literal is None or len(literal) > options.max_match:
+            return None
+        match = spec.re.match(literal)
+        assert match is not None
+        try:
+            replacement = match.expand(options.replacement).encode(codec, "surrogateescape")
+        except UnicodeEncodeError:
+            return None  # the text path fails on it the same way the reference does
+        stages.append(LiteralStage(literal.encode("ascii"), replacement))
+    return stages
+
+
+class RedactStream:
+    """One body: bytes in, bytes out (decoding, the chain of stages, encoding, counting)."""
+
+    __slots__ = ("_codec", "_ctx", "_decoder", "_encoder", "_on_bytes", "redactions", "stages")
+
+    def __init__(self, specs: Sequence[_Spec], options: Options, ctx: Any = None) -> None:
+        codec = codec_for(getattr(ctx, "charset", None))
+        self._ctx = ctx
+        self._codec = codec
+        # UTF-8 needs no codec objects while each piece is whole characters (they are made
+        # at the first one that is not); other charsets may keep a state between pieces
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._encoder: codecs.IncrementalEncoder | None = None
+        if codec != "utf-8":
+            self._decoder = codecs.getincrementaldecoder(codec)(errors="surrogateescape")
+            self._encoder = codecs.getincrementalencoder(codec)(errors="surrogateescape")
+        self.stages: list[_Stage] | list[LiteralStage]
+        literal = _literal_stages(specs, options, codec)
+        self._on_bytes = literal is not None
+        if literal is not None:
+            self.stages = literal
+        else:
+            self.stages = [_Stage(s, options.replacement, options.max_match) for s in specs]
+        self.redactions = 0
+
+    @property
+    def held(self) -> list[int]:
+        """Characters held back by each stage."""
+        return [stage.held for stage in self.stages]
+
+    def feed(self, data: bytes) -> bytes:
+        if self._on_bytes:
+            for literal in self.stages:
+                data = literal.feed(data)
+            self._count()
+            return data
+        text = self._decode(data)
+        for stage in self.stages:
+            if not text:
+                break
+            text = stage.feed(text)
+        self._count()
+        if not text:
+            return b""
+        encoder = self._encoder
+        return text.encode("utf-8", "surrogateescape") if encoder is None else encoder.encode(text)
+
+    def _decode(self, data: bytes, final: bool = False) -> str:
+        decoder = self._decoder
+        if decoder is None:
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:  # a character cut, or bytes that are not UTF-8
+                decoder = self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        return decoder.decode(data, final)
+
+    def close(self) -> bytes:
+        if self._on_bytes:
+            data = b""
+            for literal in self.stages:
+                data = literal.flush(data)
+            self._count()
+            return data
+        text = self._decode(b"", final=True)
+        for stage in self.stages:
+            text = stage.flush(text)
+        self._count()
+        encoder = self._encoder
+        if encoder is None:
+            return text.encode("utf-8", "surrogateescape")
+        return encoder.encode(text, final=True)
+
+    def _count(self) -> None:
+        n = 0
+        for stage in self.stages:
+            n += stage.redactions
+        if n > self.redactions:
+            if self._ctx is not None:
+                self._ctx.count("redactions", n - self.redactions)
+            self.redactions = n
