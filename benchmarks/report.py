@@ -6,9 +6,12 @@ import statistics
 
 from measures import Measure, Metric
 
-COLUMNS = ["direct", "proxy", "naive", "nginx", "nginx-64k", "caddy", "mitmproxy"]
+COLUMNS = ["direct", "proxy", "proxy-aiohttp", "naive", "nginx", "nginx-64k", "caddy", "mitmproxy"]
 SUBJECT = "proxy"  # this project: the ratios are its figure over each peer's
 RATIO_VS = ["naive", "nginx", "nginx-64k", "caddy", "mitmproxy"]
+# (numerator, denominator) of each ratio column: this project over each peer, then its aiohttp
+# transport over its default one and over the naive proxy (the same client library, no features)
+RATIOS = [(SUBJECT, c) for c in RATIO_VS] + [("proxy-aiohttp", SUBJECT), ("proxy-aiohttp", "naive")]
 
 YES_NO = {"exact", "complete"}  # must hold in every run: shown as yes/no
 Runs = dict[str, dict[str, list[dict[str, float | str]]]]  # measure -> column -> runs
@@ -59,7 +62,7 @@ def _ratio(metric: Metric, mine: object, other: object) -> str:
 
 
 def table(measures: list[Measure], med: Medians) -> str:
-    head = ["measure", "metric", "better", *COLUMNS] + [f"{SUBJECT} ÷ {c}" for c in RATIO_VS]
+    head = ["measure", "metric", "better", *COLUMNS] + [f"{a} ÷ {b}" for a, b in RATIOS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     arrows = {"higher": "↑", "lower": "↓", "": ""}
     for m in measures:
@@ -76,10 +79,10 @@ def table(measures: list[Measure], med: Medians) -> str:
                     row.append("n/a" if status.startswith("n/a") else "err")
                 else:
                     row.append(_fmt(metric, cell.get(metric.key)))
-            mine = cells_by_col.get(SUBJECT, {}).get(metric.key)
-            for col in RATIO_VS:
-                other = cells_by_col.get(col, {}).get(metric.key)
-                row.append(_ratio(metric, mine, other) if col in m.columns else "")
+            for a, b in RATIOS:
+                mine = cells_by_col.get(a, {}).get(metric.key)
+                other = cells_by_col.get(b, {}).get(metric.key)
+                row.append(_ratio(metric, mine, other) if {a, b} <= m.columns.keys() else "")
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -110,10 +110,12 @@ def start_peers(
             say(f"starting {base} ...")
             for p in peers.start_nginx(logdir, upstream, workers, log):
                 out[p.name] = p
-        name = "proxy" if workers == 1 else "proxy-w2"
-        if name in names:
-            say(f"starting {name} (python -m proxy) ...")
-            out[name] = peers.start_proxy(logdir, upstream, workers, python)
+        for client in peers.PROXY_CLIENTS.values():
+            name = peers.proxy_name(workers, client)
+            if name in names:
+                how = f", client: {client}" if client else ""
+                say(f"starting {name} (python -m proxy{how}) ...")
+                out[name] = peers.start_proxy(logdir, upstream, workers, python, client)
     if "caddy" in names:
         say("starting caddy ...")
         out["caddy"] = peers.start_caddy(logdir, upstream, log)
@@ -175,7 +177,11 @@ def run_one(
 def run(args: argparse.Namespace) -> int:
     chosen = select(args.only)
     repeats = args.repeat or (1 if args.quick else 3)
-    cols = {c.strip() for c in args.peers.split(",")} if args.peers else set(report.COLUMNS)
+    cols = {c.strip() for c in args.peers.split(",") if c.strip()} if args.peers else None
+    if cols is None:
+        cols = set(report.COLUMNS)
+    elif cols - set(report.COLUMNS):
+        raise SystemExit(f"--peers: no such column {sorted(cols - set(report.COLUMNS))}")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_path = Path(args.out) if args.out else HERE / "results" / f"results-{stamp}.json"
     logdir = HERE / "results" / f"logs-{stamp}"
