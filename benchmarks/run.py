@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
                     peer = all_peers.get(m.columns[col])
                     res = run_one(m, peer, ctx, tools, args.quiet_wait)
                     runs[m.id][col].append(res)  # type: ignore[arg-type]
-                    say(f"[{m.id} {r + 1}/{repeats}] {col:<9} {_brief(res)}")
+                    say(f"[{m.id} {r + 1}/{repeats}] {col:<13} {_brief(res)}")
             for p in own.values():
                 if p.proc:
                     p.proc.stop()
