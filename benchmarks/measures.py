@@ -341,9 +341,10 @@ M5_CORPUS_TITLES = {
     "nonascii": "non-ASCII (é😀 on 1 line in 10)",
 }
 
-STREAM_PEERS = {c: c for c in ("direct", "proxy", "naive", "nginx", "caddy")}
-PROXY_PEERS = {c: c for c in ("proxy", "naive", "nginx", "caddy")}
-M5_PEERS = {c: c for c in ("proxy", "base", "naive", "nginx", "nginx-64k")}
+# proxy-aiohttp: this project with ``client: aiohttp`` on its upstream, beside the default
+STREAM_PEERS = {c: c for c in ("direct", "proxy", "proxy-aiohttp", "naive", "nginx", "caddy")}
+PROXY_PEERS = {c: c for c in ("proxy", "proxy-aiohttp", "naive", "nginx", "caddy")}
+M5_PEERS = {c: c for c in ("proxy", "base", "proxy-aiohttp", "naive", "nginx", "nginx-64k")}
 M1_METRICS = [
     Metric("rps", "req/s", "higher", 0, ratio=True),
     Metric("p50_ms", "p50 ms", "lower", 2, ratio=True),

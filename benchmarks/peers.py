@@ -125,8 +125,16 @@ def start_naive(logdir: Path, upstream: int, tag: str = "") -> Peer:
 
 
 def proxy_config(
-    port: int, admin: int, upstream: int, workers: int, m5_routes: list[str] = M5_ROUTES
+    port: int,
+    admin: int,
+    upstream: int,
+    workers: int,
+    m5_routes: list[str] = M5_ROUTES,
+    client: str | None = None,
 ) -> dict[str, object]:
+    """This project's config. ``client``: the upstream transport (``native``, ``aiohttp``);
+    None leaves the key out, so the proxy's default (native) is measured."""
+
     def m5_route(name: str, transform: dict[str, object]) -> dict[str, object]:
         return {
             "name": name,
@@ -140,21 +148,32 @@ def proxy_config(
         **{name: {"redact": {"patterns": r.patterns}} for name, r in ROUTES.items()},
         "tag": {"tag_lines": {"tag": TAG.decode()}},
     }
+    bench: dict[str, object] = {
+        "targets": [f"http://127.0.0.1:{upstream}"],
+        "connect_timeout": "5s",
+        "read_timeout": "120s",
+    }
+    if client is not None:
+        bench["client"] = client
     return {
         "server": {"host": "127.0.0.1", "port": port, "workers": workers, "shutdown_grace": "2s"},
         "admin": {"host": "127.0.0.1", "port": admin},
-        "upstreams": {
-            "bench": {
-                "targets": [f"http://127.0.0.1:{upstream}"],
-                "connect_timeout": "5s",
-                "read_timeout": "120s",
-            }
-        },
+        "upstreams": {"bench": bench},
         "routes": [
             *(m5_route(name, transforms[name]) for name in m5_routes),
             {"name": "plain", "match": {"path_prefix": "/"}, "upstream": "bench"},
         ],
     }
+
+
+# the columns of this project: column -> the upstream's ``client:`` (None: the default, native)
+PROXY_CLIENTS: dict[str, str | None] = {"proxy": None, "proxy-aiohttp": "aiohttp"}
+
+
+def proxy_name(workers: int, client: str | None = None) -> str:
+    """``proxy``, ``proxy-aiohttp``, ``proxy-w2``, ``proxy-aiohttp-w2``."""
+    base = "proxy" if client is None else f"proxy-{client}"
+    return base if workers == 1 else f"{base}-w{workers}"
 
 
 def _launch_proxy(
@@ -166,11 +185,12 @@ def _launch_proxy(
     attempt: str,
     repo: Path = REPO,
     name: str | None = None,
+    client: str | None = None,
 ) -> Peer:
-    name = name or ("proxy" if workers == 1 else f"proxy-w{workers}")
+    name = name or proxy_name(workers, client)
     port, admin = free_port(), free_port()
     cfg = logdir / f"{name}-{attempt}.yaml"
-    conf = proxy_config(port, admin, upstream, workers, m5_routes)
+    conf = proxy_config(port, admin, upstream, workers, m5_routes, client)
     cfg.write_text(yaml.safe_dump(conf, sort_keys=False))
     env = {
         **os.environ,
@@ -180,7 +200,11 @@ def _launch_proxy(
     cpus = PROXY_CPU if workers == 1 else BOTH_CPUS
     proc = Proc(f"{name}-{attempt}", pinned(argv, cpus), logdir, cwd=str(repo), env=env).start()
     peer = Peer(name, f"http://127.0.0.1:{port}", proc.pid, proc)
-    peer.info = {"config": str(cfg), "admin": f"http://127.0.0.1:{admin}"}
+    peer.info = {
+        "config": str(cfg),
+        "admin": f"http://127.0.0.1:{admin}",
+        "client": client or "native (default)",
+    }
     return _started(peer, port, m5_routes, timeout=30.0)
 
 
@@ -191,20 +215,24 @@ def start_proxy(
     python: str,
     repo: Path = REPO,
     name: str | None = None,
+    client: str | None = None,
 ) -> Peer:
     """This project with every M5 route; when the config is refused, again without the M5
     routes it names (``routes[N]...: problem``, per the contract), then without any.
-    ``repo``: another checkout of it (the ``base`` column: the code before a change)."""
+    ``repo``: another checkout of it (the ``base`` column: the code before a change);
+    ``client``: the upstream transport (``aiohttp`` for the ``proxy-aiohttp`` column)."""
     routes = list(M5_ROUTES)
     first: Peer | None = None
     skipped: dict[str, str] = {}
     for attempt in range(1, 4):
-        peer = _launch_proxy(logdir, upstream, workers, python, routes, str(attempt), repo, name)
+        peer = _launch_proxy(
+            logdir, upstream, workers, python, routes, str(attempt), repo, name, client
+        )
         first = first or peer
         if peer.available:
             peer.skipped = skipped
             peer.spawn = lambda ok=list(routes): _launch_proxy(
-                logdir, upstream, workers, python, ok, f"fresh{next(_FRESH)}", repo, name
+                logdir, upstream, workers, python, ok, f"fresh{next(_FRESH)}", repo, name, client
             )
             return peer
         text = peer.proc.stderr_tail() if peer.proc else ""

@@ -6,9 +6,22 @@ import statistics
 
 from measures import Measure, Metric
 
-COLUMNS = ["direct", "proxy", "base", "naive", "nginx", "nginx-64k", "caddy", "mitmproxy"]
+COLUMNS = [
+    "direct",
+    "proxy",
+    "proxy-aiohttp",
+    "base",
+    "naive",
+    "nginx",
+    "nginx-64k",
+    "caddy",
+    "mitmproxy",
+]
 SUBJECT = "proxy"  # this project: the ratios are its figure over each peer's
 RATIO_VS = ["base", "naive", "nginx", "nginx-64k", "caddy", "mitmproxy"]
+# (numerator, denominator) of each ratio column: this project over each peer, then its aiohttp
+# transport over its default one and over the naive proxy (the same client library, no features)
+RATIOS = [(SUBJECT, c) for c in RATIO_VS] + [("proxy-aiohttp", SUBJECT), ("proxy-aiohttp", "naive")]
 
 YES_NO = {"exact", "complete"}  # must hold in every run: shown as yes/no
 Runs = dict[str, dict[str, list[dict[str, float | str]]]]  # measure -> column -> runs
@@ -61,8 +74,8 @@ def _ratio(metric: Metric, mine: object, other: object) -> str:
 def table(measures: list[Measure], med: Medians) -> str:
     shown = {c for m in measures for c in med.get(m.id, {})}  # columns that ran
     columns = [c for c in COLUMNS if c in shown]
-    ratio_vs = [c for c in RATIO_VS if c in shown]
-    head = ["measure", "metric", "better", *columns] + [f"{SUBJECT} ÷ {c}" for c in ratio_vs]
+    ratios = [(x, y) for x, y in RATIOS if x in shown and y in shown]
+    head = ["measure", "metric", "better", *columns] + [f"{x} ÷ {y}" for x, y in ratios]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     arrows = {"higher": "↑", "lower": "↓", "": ""}
     for m in measures:
@@ -79,10 +92,10 @@ def table(measures: list[Measure], med: Medians) -> str:
                     row.append("n/a" if status.startswith("n/a") else "err")
                 else:
                     row.append(_fmt(metric, cell.get(metric.key)))
-            mine = cells_by_col.get(SUBJECT, {}).get(metric.key)
-            for col in ratio_vs:
-                other = cells_by_col.get(col, {}).get(metric.key)
-                row.append(_ratio(metric, mine, other) if col in m.columns else "")
+            for x, y in ratios:
+                mine = cells_by_col.get(x, {}).get(metric.key)
+                other = cells_by_col.get(y, {}).get(metric.key)
+                row.append(_ratio(metric, mine, other) if {x, y} <= m.columns.keys() else "")
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

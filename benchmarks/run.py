@@ -115,10 +115,12 @@ def start_peers(
             say(f"starting {base} ...")
             for p in peers.start_nginx(logdir, upstream, workers, log):
                 out[p.name] = p
-        name = "proxy" if workers == 1 else "proxy-w2"
-        if name in names:
-            say(f"starting {name} (python -m proxy) ...")
-            out[name] = peers.start_proxy(logdir, upstream, workers, python)
+        for client in peers.PROXY_CLIENTS.values():
+            name = peers.proxy_name(workers, client)
+            if name in names:
+                how = f", client: {client}" if client else ""
+                say(f"starting {name} (python -m proxy{how}) ...")
+                out[name] = peers.start_proxy(logdir, upstream, workers, python, client=client)
     if "base" in names and base_repo:
         say(f"starting base (python -m proxy from {base_repo}) ...")
         out["base"] = peers.start_proxy(logdir, upstream, 1, python, Path(base_repo), "base")
@@ -183,7 +185,11 @@ def run_one(
 def run(args: argparse.Namespace) -> int:
     chosen = select(args.only)
     repeats = args.repeat or (1 if args.quick else 3)
-    cols = {c.strip() for c in args.peers.split(",")} if args.peers else set(report.COLUMNS)
+    cols = {c.strip() for c in args.peers.split(",") if c.strip()} if args.peers else None
+    if cols is None:
+        cols = set(report.COLUMNS)
+    elif cols - set(report.COLUMNS):
+        raise SystemExit(f"--peers: no such column {sorted(cols - set(report.COLUMNS))}")
     if not args.base:
         cols.discard("base")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -227,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
                     peer = all_peers.get(m.columns[col])
                     res = run_one(m, peer, ctx, tools, args.quiet_wait)
                     runs[m.id][col].append(res)  # type: ignore[arg-type]
-                    say(f"[{m.id} {r + 1}/{repeats}] {col:<9} {_brief(res)}")
+                    say(f"[{m.id} {r + 1}/{repeats}] {col:<13} {_brief(res)}")
             for p in own.values():
                 if p.proc:
                     p.proc.stop()
