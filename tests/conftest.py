@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from proxy.accesslog import AccessLog
 from proxy.config import validate_data
 from proxy.server import ProxyServer
+
+from .support.common import ROUTE
 
 
 class Proxy:
@@ -24,6 +27,7 @@ class Proxy:
     def __init__(self, server: ProxyServer, log: io.StringIO) -> None:
         self.server = server
         self._log = log
+        self.upstream: Any = None  # the test server behind it, when ``proxy_to`` started one
 
     @property
     def port(self) -> int:
@@ -115,6 +119,39 @@ async def make_proxy(upstream_client: str) -> AsyncIterator[MakeProxy]:
     yield factory
     for srv in started:
         await srv.stop()
+
+
+ProxyTo = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+def proxy_to(aiohttp_server: Any, make_proxy: MakeProxy) -> ProxyTo:
+    """A proxy (``ROUTE`` unless ``routes``) in front of a test server whose one route takes
+    ``method`` ``path`` to ``handler``; ``upstream`` adds settings to the upstream "up", the
+    other keywords go to the proxy's ``server:``. The test server is the proxy's ``upstream``."""
+
+    async def start(
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        path: str = "/",
+        *,
+        method: str = "GET",
+        routes: list[dict[str, Any]] = ROUTE,
+        upstream: dict[str, Any] | None = None,
+        **server: Any,
+    ) -> Proxy:
+        app = web.Application()
+        if method == "GET":
+            app.router.add_get(path, handler)
+        else:
+            app.router.add_route(method, path, handler)
+        up = await aiohttp_server(app)
+        proxy = await make_proxy(
+            {"up": {"targets": [origin(up)], **(upstream or {})}}, routes, **server
+        )
+        proxy.upstream = up
+        return proxy
+
+    return start
 
 
 def origin(server: Any) -> str:

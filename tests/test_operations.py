@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, origin, start_proxy_process, stop_process
+from .conftest import MakeProxy, ProxyTo, origin, start_proxy_process, stop_process
 from .support.common import ROUTE, free_port
 
 
@@ -25,9 +25,7 @@ async def test_healthz_and_readyz(aiohttp_server, make_proxy: MakeProxy) -> None
             assert r.status == 200
 
 
-async def test_drain_finishes_streams_in_flight_and_refuses_new_ones(
-    aiohttp_server, make_proxy: MakeProxy
-) -> None:
+async def test_drain_finishes_streams_in_flight_and_refuses_new_ones(proxy_to: ProxyTo) -> None:
     release = asyncio.Event()
 
     async def stream(request: web.Request) -> web.StreamResponse:
@@ -39,10 +37,7 @@ async def test_drain_finishes_streams_in_flight_and_refuses_new_ones(
         await resp.write(b"end\n")
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", stream)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE, shutdown_grace="10s")
+    proxy = await proxy_to(stream, shutdown_grace="10s")
     async with aiohttp.ClientSession() as s:
         r = await s.get(proxy.url("/"))
         assert await r.content.readuntil(b"\n") == b"begin\n"
@@ -62,7 +57,7 @@ async def test_drain_finishes_streams_in_flight_and_refuses_new_ones(
         await asyncio.wait_for(stopping, 5)
 
 
-async def test_drain_aborts_what_outlives_the_grace(aiohttp_server, make_proxy: MakeProxy) -> None:
+async def test_drain_aborts_what_outlives_the_grace(proxy_to: ProxyTo) -> None:
     async def endless(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
         await resp.prepare(request)
@@ -70,10 +65,7 @@ async def test_drain_aborts_what_outlives_the_grace(aiohttp_server, make_proxy: 
         await asyncio.sleep(30)
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", endless)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE, shutdown_grace="300ms")
+    proxy = await proxy_to(endless, shutdown_grace="300ms")
     async with aiohttp.ClientSession() as s:
         r = await s.get(proxy.url("/"))
         assert await r.content.readuntil(b"\n") == b"begin\n"

@@ -9,40 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, origin, raw_exchange, read_head
-from .support.common import ROUTE
+from .support.common import ROUTE, blackhole
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
-
-
-@contextlib.contextmanager
-def blackhole() -> Iterator[str]:
-    """The origin of a listener that never accepts and whose backlog is full: connects hang."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(4):
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", port))
-            fillers.append(s)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
 
 
 def ticking(interval: float, count: int, stall: asyncio.Event | None = None) -> web.Application:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 # One route taking every request to the upstream named "up".
@@ -30,3 +32,24 @@ def find_sample(text: str, name: str, **labels: str) -> float | None:
         if got == labels:
             return float(value)
     return None
+
+
+@contextlib.contextmanager
+def blackhole() -> Iterator[str]:
+    """The origin of a listener that never accepts and whose backlog is full: connects hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
