@@ -14,7 +14,7 @@ from aiohttp import web
 from proxy.logs import JsonFormatter, setup_logging
 
 from .conftest import MakeProxy, origin, raw_exchange
-from .support.common import ROUTE, find_sample
+from .support.common import ROUTE, find_sample, paused_stream
 
 FIELDS = {
     "ts",
@@ -91,13 +91,7 @@ async def test_active_streams_counts_what_is_in_flight(
 ) -> None:
     release = asyncio.Event()
 
-    async def slow(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"a")
-        async with asyncio.timeout(5):
-            await release.wait()
-        return resp
+    slow = paused_stream(b"a", b"", release)
 
     app = web.Application()
     app.router.add_get("/", slow)

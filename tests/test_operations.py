@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, ProxyTo, origin, start_proxy_process, stop_process
-from .support.common import ROUTE, free_port
+from .support.common import ROUTE, free_port, paused_stream
 
 
 async def test_healthz_and_readyz(aiohttp_server, make_proxy: MakeProxy) -> None:
@@ -28,14 +28,7 @@ async def test_healthz_and_readyz(aiohttp_server, make_proxy: MakeProxy) -> None
 async def test_drain_finishes_streams_in_flight_and_refuses_new_ones(proxy_to: ProxyTo) -> None:
     release = asyncio.Event()
 
-    async def stream(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"begin\n")
-        async with asyncio.timeout(10):
-            await release.wait()
-        await resp.write(b"end\n")
-        return resp
+    stream = paused_stream(b"begin\n", b"end\n", release, timeout=10)
 
     proxy = await proxy_to(stream, shutdown_grace="10s")
     async with aiohttp.ClientSession() as s:
@@ -183,14 +176,7 @@ async def test_reload_keeps_in_flight_streams_and_closes_removed_upstreams_once_
 
     release = asyncio.Event()
 
-    async def stream(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"begin\n")
-        async with asyncio.timeout(10):
-            await release.wait()
-        await resp.write(b"end\n")
-        return resp
+    stream = paused_stream(b"begin\n", b"end\n", release, timeout=10)
 
     app = web.Application()
     app.router.add_get("/{t:.*}", stream)

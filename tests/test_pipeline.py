@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, origin, raw_exchange
+from .support.common import paused_stream
 
 TEXT = ("line one é\nline two 漢字\n" * 200).encode()
 
@@ -229,14 +230,9 @@ async def test_sse_flows_event_by_event_and_says_not_to_buffer(
 ) -> None:
     release = asyncio.Event()
 
-    async def events(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(b"data: one\n\n")
-        async with asyncio.timeout(5):
-            await release.wait()
-        await resp.write(b"data: two\n\n")
-        return resp
+    events = paused_stream(
+        b"data: one\n\n", b"data: two\n\n", release, headers={"Content-Type": "text/event-stream"}
+    )
 
     app = web.Application()
     app.router.add_get("/", events)

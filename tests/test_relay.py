@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, ProxyTo, origin, raw_exchange, read_head
-from .support.common import ROUTE, blackhole
+from .support.common import ROUTE, blackhole, paused_stream
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
@@ -21,14 +21,7 @@ async def test_a_chunk_reaches_the_client_while_the_upstream_is_still_busy(
 ) -> None:
     release = asyncio.Event()
 
-    async def slow(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"first chunk\n")
-        async with asyncio.timeout(5):
-            await release.wait()
-        await resp.write(b"second chunk\n")
-        return resp
+    slow = paused_stream(b"first chunk\n", b"second chunk\n", release)
 
     proxy = await proxy_to(slow)
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:

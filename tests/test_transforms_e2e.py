@@ -12,6 +12,7 @@ from plugins.redact import redact_reference
 from plugins.tag_lines import tag_lines_reference
 
 from .conftest import MakeProxy, origin
+from .support.common import paused_stream
 
 PATTERNS = [r"(?i)password=\S+", r"sk-[A-Za-z0-9-]{8,}", r"abcd|ab", r"\bkey\b"]
 TAG = "[{upstream}:{route} {n}] "
@@ -95,14 +96,13 @@ async def test_text_that_cannot_start_a_match_arrives_before_the_pause_ends(
 ) -> None:
     release = asyncio.Event()
 
-    async def serve(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
-        await resp.write(b"nothing secret here, ")
-        async with asyncio.timeout(5):
-            await release.wait()  # the upstream pauses until the client has the text
-        await resp.write(b"password=hunter2 done\n")
-        return resp
+    # The upstream pauses until the client has the text.
+    serve = paused_stream(
+        b"nothing secret here, ",
+        b"password=hunter2 done\n",
+        release,
+        headers={"Content-Type": "text/plain"},
+    )
 
     app = web.Application()
     app.router.add_get("/", serve)
@@ -130,14 +130,9 @@ async def test_a_partial_line_arrives_tagged_before_its_newline(
 ) -> None:
     release = asyncio.Event()
 
-    async def serve(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
-        await resp.write(b"first li")
-        async with asyncio.timeout(5):
-            await release.wait()
-        await resp.write(b"ne\nsecond\n")
-        return resp
+    serve = paused_stream(
+        b"first li", b"ne\nsecond\n", release, headers={"Content-Type": "text/plain"}
+    )
 
     app = web.Application()
     app.router.add_get("/", serve)

@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
+
+from aiohttp import web
 
 # One route taking every request to the upstream named "up".
 ROUTE: list[dict[str, Any]] = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def paused_stream(
+    first: bytes,
+    then: bytes,
+    release: asyncio.Event,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 5.0,
+) -> Handler:
+    """A handler that streams ``first``, waits (bounded by ``timeout``) until ``release`` is
+    set, then sends ``then`` (if any) and ends the response."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)
+        await resp.write(first)
+        async with asyncio.timeout(timeout):
+            await release.wait()
+        if then:
+            await resp.write(then)
+        return resp
+
+    return handler
 
 
 def free_port() -> int:
