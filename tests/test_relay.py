@@ -73,20 +73,17 @@ async def test_raw_path_and_query_reach_the_upstream_byte_for_byte(
     assert seen == [target]
 
 
-async def test_strip_prefix_keeps_the_rest_raw(aiohttp_server, make_proxy: MakeProxy) -> None:
+async def test_strip_prefix_keeps_the_rest_raw(proxy_to: ProxyTo) -> None:
     seen: list[str] = []
 
     async def record(request: web.Request) -> web.Response:
         seen.append(request.raw_path)
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", record)
-    up = await aiohttp_server(app)
     routes = [
         {"name": "logs", "match": {"path_prefix": "/logs/"}, "upstream": "up", "strip_prefix": True}
     ]
-    proxy = await make_proxy({"up": [origin(up)]}, routes)
+    proxy = await proxy_to(record, "/{tail:.*}", method="*", routes=routes)
     async with aiohttp.ClientSession() as s:
         for path in ("/logs/a%2Fb?x=1", "/logs/", "/logs/?q"):
             async with s.get(aiohttp.client.URL(proxy.url(path), encoded=True)) as r:
@@ -236,18 +233,15 @@ async def test_request_id_is_made_when_missing_or_unsafe(proxy_to: ProxyTo) -> N
     assert replaced != "bad id with spaces" and seen[1] == replaced
 
 
-async def test_preserve_host_sends_the_clients_host(aiohttp_server, make_proxy: MakeProxy) -> None:
+async def test_preserve_host_sends_the_clients_host(proxy_to: ProxyTo) -> None:
     seen: list[str] = []
 
     async def echo(request: web.Request) -> web.Response:
         seen.append(request.headers["Host"])
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_get("/", echo)
-    up = await aiohttp_server(app)
     routes = [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up", "preserve_host": True}]
-    proxy = await make_proxy({"up": [origin(up)]}, routes)
+    proxy = await proxy_to(echo, routes=routes)
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/"), headers={"Host": "app.test"}):
         pass
     assert seen == ["app.test"]

@@ -11,7 +11,7 @@ from aiohttp import web
 from plugins.redact import redact_reference
 from plugins.tag_lines import tag_lines_reference
 
-from .conftest import MakeProxy, origin
+from .conftest import MakeProxy, ProxyTo, origin
 from .support.common import paused_stream
 
 PATTERNS = [r"(?i)password=\S+", r"sk-[A-Za-z0-9-]{8,}", r"abcd|ab", r"\bkey\b"]
@@ -92,7 +92,7 @@ async def test_output_equals_the_whole_body_reference_for_sampled_chunkings(
 
 
 async def test_text_that_cannot_start_a_match_arrives_before_the_pause_ends(
-    aiohttp_server, make_proxy: MakeProxy
+    proxy_to: ProxyTo,
 ) -> None:
     release = asyncio.Event()
 
@@ -104,9 +104,6 @@ async def test_text_that_cannot_start_a_match_arrives_before_the_pause_ends(
         headers={"Content-Type": "text/plain"},
     )
 
-    app = web.Application()
-    app.router.add_get("/", serve)
-    up = await aiohttp_server(app)
     routes = [
         {
             "name": "r",
@@ -114,7 +111,7 @@ async def test_text_that_cannot_start_a_match_arrives_before_the_pause_ends(
             "transforms": [{"redact": {"patterns": [r"(?i)password=\S+"]}}],
         }
     ]
-    proxy = await make_proxy({"up": [origin(up)]}, routes)
+    proxy = await proxy_to(serve, routes=routes)
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
         got = b""
         async with asyncio.timeout(1):
@@ -125,20 +122,15 @@ async def test_text_that_cannot_start_a_match_arrives_before_the_pause_ends(
         assert got + await r.content.read() == b"nothing secret here, [REDACTED] done\n"
 
 
-async def test_a_partial_line_arrives_tagged_before_its_newline(
-    aiohttp_server, make_proxy: MakeProxy
-) -> None:
+async def test_a_partial_line_arrives_tagged_before_its_newline(proxy_to: ProxyTo) -> None:
     release = asyncio.Event()
 
     serve = paused_stream(
         b"first li", b"ne\nsecond\n", release, headers={"Content-Type": "text/plain"}
     )
 
-    app = web.Application()
-    app.router.add_get("/", serve)
-    up = await aiohttp_server(app)
     routes = [{"name": "r", "upstream": "up", "transforms": [{"tag_lines": {"tag": "#{n} "}}]}]
-    proxy = await make_proxy({"up": [origin(up)]}, routes)
+    proxy = await proxy_to(serve, routes=routes)
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
         got = b""
         async with asyncio.timeout(1):
