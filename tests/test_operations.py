@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, ProxyTo, origin, start_proxy_process, stop_process
-from .support.common import ROUTE, free_port, paused_stream
+from .support.common import ROUTE, demo_config, free_port, paused_stream
 
 
 async def test_healthz_and_readyz(aiohttp_server, make_proxy: MakeProxy) -> None:
@@ -66,24 +66,6 @@ async def test_drain_aborts_what_outlives_the_grace(proxy_to: ProxyTo) -> None:
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.content.read()  # cut: not a clean end
         r.release()
-
-
-def demo_config(tmp_path: Path, grace: str = "10s") -> tuple[Path, int, int]:
-    port, admin, demo = free_port(), free_port(), free_port()
-    path = tmp_path / "proxy.yaml"
-    path.write_text(
-        f"""
-server: {{host: 127.0.0.1, port: {port}, shutdown_grace: {grace}}}
-admin: {{host: 127.0.0.1, port: {admin}}}
-demo: {{host: 127.0.0.1, port: {demo}, interval: 50ms}}
-upstreams:
-  demo: {{targets: ["http://127.0.0.1:{demo}"]}}
-routes:
-  - name: demo
-    upstream: demo
-"""
-    )
-    return path, port, admin
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -193,14 +193,21 @@ def listener_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
     return {"cert": str(cert_file), "key": str(key_file)}
 
 
+async def tls_listener(
+    aiohttp_server: Any, make_proxy: MakeProxy, ca: trustme.CA, tmp_path: Path, seen: Seen
+) -> Proxy:
+    """A proxy listening with TLS (a certificate of ``ca``) in front of a plain http upstream."""
+    up = await aiohttp_server(hello_app(seen))
+    return await make_proxy(
+        {"up": [f"http://127.0.0.1:{up.port}"]}, ROUTE, tls=listener_files(ca, tmp_path)
+    )
+
+
 async def test_the_tls_listener_serves_https_and_says_so_upstream(
     aiohttp_server: Any, make_proxy: MakeProxy, ca: trustme.CA, tmp_path: Path
 ) -> None:
     seen = Seen()
-    up = await aiohttp_server(hello_app(seen))
-    proxy = await make_proxy(
-        {"up": [f"http://127.0.0.1:{up.port}"]}, ROUTE, tls=listener_files(ca, tmp_path)
-    )
+    proxy = await tls_listener(aiohttp_server, make_proxy, ca, tmp_path, seen)
     url = f"https://127.0.0.1:{proxy.port}/a"
     assert await get(url, client_context(ca)) == (200, "text/plain", "hello over http")
     assert seen.headers[0]["X-Forwarded-Proto"] == "https"
@@ -213,10 +220,7 @@ async def test_a_websocket_through_the_tls_listener(
     aiohttp_server: Any, make_proxy: MakeProxy, ca: trustme.CA, tmp_path: Path
 ) -> None:
     seen = Seen()
-    up = await aiohttp_server(hello_app(seen))
-    proxy = await make_proxy(
-        {"up": [f"http://127.0.0.1:{up.port}"]}, ROUTE, tls=listener_files(ca, tmp_path)
-    )
+    proxy = await tls_listener(aiohttp_server, make_proxy, ca, tmp_path, seen)
     async with aiohttp.ClientSession() as s:
         url = f"wss://127.0.0.1:{proxy.port}/ws"
         async with s.ws_connect(url, ssl=client_context(ca)) as ws:

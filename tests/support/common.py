@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -83,3 +84,23 @@ def blackhole() -> Iterator[str]:
         for s in fillers:
             s.close()
         listener.close()
+
+
+def demo_config(tmp_path: Path, grace: str = "10s", workers: int = 1) -> tuple[Path, int, int]:
+    """A proxy.yaml in ``tmp_path`` routing everything to the built-in demo upstream, on free
+    ports: its path, the proxy's port and the admin port."""
+    port, admin, demo = free_port(), free_port(), free_port()
+    path = tmp_path / "proxy.yaml"
+    path.write_text(
+        f"""
+server: {{host: 127.0.0.1, port: {port}, workers: {workers}, shutdown_grace: {grace}}}
+admin: {{host: 127.0.0.1, port: {admin}}}
+demo: {{host: 127.0.0.1, port: {demo}, interval: 50ms}}
+upstreams:
+  demo: {{targets: ["http://127.0.0.1:{demo}"]}}
+routes:
+  - name: demo
+    upstream: demo
+"""
+    )
+    return path, port, admin
