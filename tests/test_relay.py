@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, ProxyTo, origin, raw_exchange, read_head
+from .conftest import MakeProxy, Proxy, ProxyTo, origin, raw_exchange, read_head
 from .support.common import ROUTE, blackhole, paused_stream
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
@@ -47,6 +48,20 @@ async def test_repeated_headers_stay_repeated_and_in_order(proxy_to: ProxyTo) ->
         assert r.headers.getall("X-Multi") == ["a", "b"]
 
 
+async def recording_proxy(
+    proxy_to: ProxyTo, routes: list[dict[str, Any]] = ROUTE
+) -> tuple[Proxy, list[str]]:
+    """A proxy in front of an upstream that takes any method and path and records the raw
+    path of each request it gets: the proxy and that record."""
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.Response(text="ok")
+
+    return await proxy_to(record, "/{tail:.*}", method="*", routes=routes), seen
+
+
 @pytest.mark.parametrize(
     "target",
     [
@@ -59,13 +74,7 @@ async def test_repeated_headers_stay_repeated_and_in_order(proxy_to: ProxyTo) ->
 async def test_raw_path_and_query_reach_the_upstream_byte_for_byte(
     proxy_to: ProxyTo, target: str
 ) -> None:
-    seen: list[str] = []
-
-    async def record(request: web.Request) -> web.Response:
-        seen.append(request.raw_path)
-        return web.Response(text="ok")
-
-    proxy = await proxy_to(record, "/{tail:.*}", method="*")
+    proxy, seen = await recording_proxy(proxy_to)
     response = await raw_exchange(
         proxy.port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
     )
@@ -74,16 +83,10 @@ async def test_raw_path_and_query_reach_the_upstream_byte_for_byte(
 
 
 async def test_strip_prefix_keeps_the_rest_raw(proxy_to: ProxyTo) -> None:
-    seen: list[str] = []
-
-    async def record(request: web.Request) -> web.Response:
-        seen.append(request.raw_path)
-        return web.Response(text="ok")
-
     routes = [
         {"name": "logs", "match": {"path_prefix": "/logs/"}, "upstream": "up", "strip_prefix": True}
     ]
-    proxy = await proxy_to(record, "/{tail:.*}", method="*", routes=routes)
+    proxy, seen = await recording_proxy(proxy_to, routes)
     async with aiohttp.ClientSession() as s:
         for path in ("/logs/a%2Fb?x=1", "/logs/", "/logs/?q"):
             async with s.get(aiohttp.client.URL(proxy.url(path), encoded=True)) as r:
@@ -448,13 +451,7 @@ async def test_request_bodies_over_the_limit_get_413(proxy_to: ProxyTo) -> None:
 async def test_connect_absolute_form_and_dot_segments_get_400(
     proxy_to: ProxyTo, request_line: bytes
 ) -> None:
-    hits: list[str] = []
-
-    async def record(request: web.Request) -> web.Response:
-        hits.append(request.raw_path)
-        return web.Response(text="reached")
-
-    proxy = await proxy_to(record, "/{t:.*}", method="*")
+    proxy, hits = await recording_proxy(proxy_to)
     data = await raw_exchange(proxy.port, request_line + b"\r\nHost: x\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 400"), data[:100]
     assert b'"error": "bad_request"' in data
