@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, Proxy, ProxyTo, origin, raw_exchange, read_head
-from .support.common import ROUTE, blackhole, paused_stream
+from .support.common import ROUTE, assert_upstream_timeout, blackhole, paused_stream
+from .support.raw_upstream import raw_upstream, silent
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
@@ -379,19 +380,10 @@ async def test_a_refusing_upstream_is_a_502(make_proxy: MakeProxy) -> None:
 
 
 async def test_no_response_headers_within_read_timeout_is_a_504(make_proxy: MakeProxy) -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        await reader.read()  # says nothing until the proxy gives up and closes
-        writer.close()
-
-    up = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = up.sockets[0].getsockname()[1]
-    async with up:
-        upstreams = {"up": {"targets": [f"http://127.0.0.1:{port}"], "read_timeout": "300ms"}}
+    async with raw_upstream(silent) as up:
+        upstreams = {"up": {"targets": [up.origin], "read_timeout": "300ms"}}
         proxy = await make_proxy(upstreams, ROUTE)
-        async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
-            assert r.status == 504
-            assert (await r.json())["error"] == "upstream_timeout"
+        await assert_upstream_timeout(proxy.url("/"))
     log = await proxy.until_logged()
     assert log[0]["outcome"] == "timeout"
 
@@ -400,9 +392,7 @@ async def test_a_connect_timeout_is_a_504(make_proxy: MakeProxy) -> None:
     with blackhole() as target:
         upstreams = {"up": {"targets": [target], "connect_timeout": "300ms"}}
         proxy = await make_proxy(upstreams, ROUTE)
-        async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
-            assert r.status == 504
-            assert (await r.json())["error"] == "upstream_timeout"
+        await assert_upstream_timeout(proxy.url("/"))
 
 
 async def test_request_bodies_over_the_limit_get_413(proxy_to: ProxyTo) -> None:

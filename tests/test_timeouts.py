@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, origin, raw_exchange, read_head
-from .support.common import ROUTE, blackhole
+from .support.common import ROUTE, assert_upstream_timeout, blackhole
+from .support.raw_upstream import raw_upstream, silent
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
@@ -71,9 +72,7 @@ async def test_a_connect_timeout_is_a_504_after_connect_timeout_not_read_timeout
         upstreams = {"up": {"targets": [target], "connect_timeout": "300ms", "read_timeout": "20s"}}
         proxy = await make_proxy(upstreams, ROUTE)
         started = time.monotonic()
-        async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
-            assert r.status == 504
-            assert (await r.json())["error"] == "upstream_timeout"
+        await assert_upstream_timeout(proxy.url("/"))
         assert 0.3 <= time.monotonic() - started < 3
     (line,) = await proxy.until_logged()
     assert line["outcome"] == "timeout" and line["status"] == 504
@@ -189,23 +188,12 @@ async def test_a_client_that_stops_reading_is_not_upstream_silence(make_proxy: M
 
 
 async def test_a_route_total_before_the_headers_is_a_504(make_proxy: MakeProxy) -> None:
-    async def slow_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                await reader.read()  # says nothing until the proxy gives up and closes
-        writer.close()
-
-    up = await asyncio.start_server(slow_head, "127.0.0.1", 0)
-    port = up.sockets[0].getsockname()[1]
-    async with up:
-        upstreams = {"up": {"targets": [f"http://127.0.0.1:{port}"], "read_timeout": "20s"}}
+    async with raw_upstream(silent) as up:
+        upstreams = {"up": {"targets": [up.origin], "read_timeout": "20s"}}
         routes = [{**ROUTE[0], "timeout": "500ms"}]
         proxy = await make_proxy(upstreams, routes)
         started = time.monotonic()
-        async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
-            assert r.status == 504
-            assert (await r.json())["error"] == "upstream_timeout"
+        await assert_upstream_timeout(proxy.url("/"))
         assert 0.5 <= time.monotonic() - started < 3
     (line,) = await proxy.until_logged()
     assert line["outcome"] == "timeout" and line["status"] == 504

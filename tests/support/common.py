@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 # One route taking every request to the upstream named "up".
@@ -40,6 +41,13 @@ def paused_stream(
         return resp
 
     return handler
+
+
+async def assert_upstream_timeout(url: str) -> None:
+    """A GET of ``url`` gets the proxy's 504 ``upstream_timeout``."""
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        assert r.status == 504
+        assert (await r.json())["error"] == "upstream_timeout"
 
 
 def free_port() -> int:
