@@ -106,9 +106,15 @@ async def make_proxy(upstream_client: str) -> AsyncIterator[MakeProxy]:
     started: list[ProxyServer] = []
 
     async def factory(
-        upstreams: dict[str, Any], routes: list[dict[str, Any]], **server: Any
+        upstreams: dict[str, Any],
+        routes: list[dict[str, Any]],
+        sections: dict[str, Any] | None = None,
+        **server: Any,
     ) -> Proxy:
+        """A started proxy; ``sections`` are more top-level sections of its config, ``server``
+        its ``server:`` settings."""
         data = with_client(proxy_config(upstreams, routes, **server), upstream_client)
+        data.update(sections or {})
         config = validate_data(data)
         log = io.StringIO()
         srv = ProxyServer(config, access_log=AccessLog(stream=log))
@@ -122,6 +128,19 @@ async def make_proxy(upstream_client: str) -> AsyncIterator[MakeProxy]:
 
 
 ProxyTo = Callable[..., Awaitable[Proxy]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def serve_one(
+    aiohttp_server: Any, handler: Handler, path: str = "/", method: str = "GET"
+) -> Any:
+    """A pytest-aiohttp test server whose one route takes ``method`` ``path`` to ``handler``."""
+    app = web.Application()
+    if method == "GET":
+        app.router.add_get(path, handler)
+    else:
+        app.router.add_route(method, path, handler)
+    return await aiohttp_server(app)
 
 
 @pytest.fixture
@@ -131,7 +150,7 @@ def proxy_to(aiohttp_server: Any, make_proxy: MakeProxy) -> ProxyTo:
     other keywords go to the proxy's ``server:``. The test server is the proxy's ``upstream``."""
 
     async def start(
-        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        handler: Handler,
         path: str = "/",
         *,
         method: str = "GET",
@@ -139,12 +158,7 @@ def proxy_to(aiohttp_server: Any, make_proxy: MakeProxy) -> ProxyTo:
         upstream: dict[str, Any] | None = None,
         **server: Any,
     ) -> Proxy:
-        app = web.Application()
-        if method == "GET":
-            app.router.add_get(path, handler)
-        else:
-            app.router.add_route(method, path, handler)
-        up = await aiohttp_server(app)
+        up = await serve_one(aiohttp_server, handler, path, method)
         proxy = await make_proxy(
             {"up": {"targets": [origin(up)], **(upstream or {})}}, routes, **server
         )

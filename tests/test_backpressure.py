@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, ProxyTo, origin, start_proxy_process, stop_process
+from .conftest import MakeProxy, ProxyTo, origin, serve_one, start_proxy_process, stop_process
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
@@ -198,9 +198,7 @@ async def test_512_mib_to_a_5_mb_s_reader_grows_the_proxy_rss_by_less_than_32_mi
             await resp.write(block)
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", big)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, big)
     port = free_port()
     config = tmp_path / "proxy.yaml"
     config.write_text(

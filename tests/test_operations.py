@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, ProxyTo, origin, start_proxy_process, stop_process
+from .conftest import MakeProxy, ProxyTo, origin, serve_one, start_proxy_process, stop_process
 from .support.common import ROUTE, demo_config, free_port, paused_stream
 
 
@@ -160,9 +160,7 @@ async def test_reload_keeps_in_flight_streams_and_closes_removed_upstreams_once_
 
     stream = paused_stream(b"begin\n", b"end\n", release, timeout=10)
 
-    app = web.Application()
-    app.router.add_get("/{t:.*}", stream)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, stream, "/{t:.*}")
     target = f"http://127.0.0.1:{up.port}"
     path = tmp_path / "proxy.yaml"
     before = f"""

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from plugins.redact import redact_reference
 
-from .conftest import MakeProxy, ProxyTo, origin, raw_exchange
+from .conftest import MakeProxy, ProxyTo, origin, raw_exchange, serve_one
 from .test_text_sse import whatwg_events
 
 KEY = r"sk-[A-Za-z0-9]{20,}"
@@ -72,9 +72,7 @@ async def test_each_event_reaches_the_client_before_the_upstream_sends_the_next(
         await resp.write(chunk(None, "stop") + b"data: [DONE]\n\n")
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, handler, "/v1/chat/completions", "POST")
     proxy = await make_proxy({"up": [origin(up)]}, route(text="openai"))
     async with (
         asyncio.timeout(10),
@@ -123,9 +121,7 @@ async def test_a_sample_of_random_splits_through_the_proxy_matches_the_reference
             cut += step
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, handler)
     proxy = await make_proxy({"up": [origin(up)]}, route())  # text: auto
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
         out = await r.read()
@@ -148,9 +144,7 @@ async def test_data_that_is_not_json_aborts_the_stream_as_a_transform_error(
         await resp.write(chunk("after"))
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, handler)
     proxy = await make_proxy({"up": [origin(up)]}, route(text="openai"))
     data = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, origin, raw_exchange, read_head
+from .conftest import MakeProxy, origin, raw_exchange, read_head, serve_one
 from .support.common import ROUTE, assert_upstream_timeout, blackhole
 from .support.raw_upstream import raw_upstream, silent
 
@@ -84,9 +84,7 @@ async def test_a_connect_timeout_is_retried_on_another_target(
     async def ok(_: web.Request) -> web.Response:
         return web.Response(text="live")
 
-    app = web.Application()
-    app.router.add_get("/", ok)
-    live = await aiohttp_server(app)
+    live = await serve_one(aiohttp_server, ok)
     with blackhole() as target:
         upstreams = {"up": {"targets": [target, origin(live)], "connect_timeout": "300ms"}}
         proxy = await make_proxy(upstreams, ROUTE)

@@ -11,7 +11,7 @@ from aiohttp import web
 from plugins.redact import redact_reference
 from plugins.tag_lines import tag_lines_reference
 
-from .conftest import MakeProxy, ProxyTo, origin
+from .conftest import MakeProxy, ProxyTo, origin, serve_one
 from .support.common import paused_stream
 
 PATTERNS = [r"(?i)password=\S+", r"sk-[A-Za-z0-9-]{8,}", r"abcd|ab", r"\bkey\b"]
@@ -75,9 +75,7 @@ async def test_output_equals_the_whole_body_reference_for_sampled_chunkings(
             await asyncio.sleep(0)
         return resp
 
-    app = web.Application()
-    app.router.add_get("/{key}", serve)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, serve, "/{key}")
     proxy = await make_proxy({"up": [origin(up)]}, routes())
     rng = random.Random(20261126)
     async with aiohttp.ClientSession() as s:

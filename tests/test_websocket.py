@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
-from .conftest import MakeProxy, Proxy, ProxyTo, origin, read_head
+from .conftest import MakeProxy, Proxy, ProxyTo, origin, read_head, serve_one
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
@@ -407,9 +407,7 @@ async def test_an_upstream_silent_past_read_timeout_gives_a_504(
                 await release.wait()
         return web.Response(status=500)
 
-    app = web.Application()
-    app.router.add_get("/", silent)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, silent)
     upstreams = {"up": {"targets": [origin(up)], "read_timeout": "200ms"}}
     proxy = await make_proxy(upstreams, ROUTE)
     try:
@@ -432,9 +430,7 @@ async def test_upgrades_are_refused_on_routes_with_transforms(aiohttp_server, ma
         await ws.close()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws", ws_handler)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, ws_handler, "/ws")
     routes = [
         {
             "name": "t",
