@@ -406,9 +406,9 @@ async def test_a_connection_that_answered_early_is_reused_once_both_sides_ended(
         assert up.connections == 1  # the whole body went, the response ended: kept alive
 
 
-def answers_401_unread(*, rst: bool, done: asyncio.Event | None = None) -> Reply:
-    """A 401 once some of the body came, the rest never read; then a reset, or the connection
-    kept open (unread) until ``done``."""
+def answers_early(data: bytes, *, rst: bool, done: asyncio.Event | None = None) -> Reply:
+    """``data`` once some of the body came, the rest never read; then a reset, or the
+    connection kept open (unread) until ``done``."""
 
     async def reply(
         up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
@@ -416,10 +416,7 @@ def answers_401_unread(*, rst: bool, done: asyncio.Event | None = None) -> Reply
         await up.read_request(reader)
         async with asyncio.timeout(5):
             await reader.readexactly(2**16)  # the upload is under way
-        writer.write(
-            b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n"
-            b"WWW-Authenticate: Bearer\r\n\r\ndenied"
-        )
+        writer.write(data)
         if rst:
             reset(writer)
             return
@@ -429,6 +426,17 @@ def answers_401_unread(*, rst: bool, done: asyncio.Event | None = None) -> Reply
             await done.wait()
 
     return reply
+
+
+def answers_401_unread(*, rst: bool, done: asyncio.Event | None = None) -> Reply:
+    """A 401 once some of the body came, the rest never read; then a reset, or the connection
+    kept open (unread) until ``done``."""
+    return answers_early(
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n"
+        b"WWW-Authenticate: Bearer\r\n\r\ndenied",
+        rst=rst,
+        done=done,
+    )
 
 
 async def test_an_early_401_then_a_reset_under_the_upload_is_a_401(
@@ -574,15 +582,9 @@ async def test_an_early_answer_cut_by_a_reset_under_the_upload_is_relayed_as_cut
 ) -> None:
     only_native(upstream_client, HEAD_UNDER_RESET)
 
-    async def reply(
-        up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
-    ) -> None:
-        await up.read_request(reader)
-        async with asyncio.timeout(5):
-            await reader.readexactly(2**16)  # the upload is under way
-        writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 100\r\n\r\ntoo large")
-        reset(writer)
-
+    reply = answers_early(
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 100\r\n\r\ntoo large", rst=True
+    )
     async with raw_upstream(reply) as up:
         proxy = await start(make_proxy, up)
         results = await asyncio.gather(*(upload(proxy.port, 8 * 2**20) for _ in range(12)))
