@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from proxy.accesslog import AccessLog
 from proxy.config.models import validate_data
 from proxy.server.listener import ProxyServer
+
+from .support.common import ROUTE
 
 
 class Proxy:
@@ -24,6 +27,7 @@ class Proxy:
     def __init__(self, server: ProxyServer, log: io.StringIO) -> None:
         self.server = server
         self._log = log
+        self.upstream: Any = None  # the test server behind it, when ``proxy_to`` started one
 
     @property
     def port(self) -> int:
@@ -102,9 +106,15 @@ async def make_proxy(upstream_client: str) -> AsyncIterator[MakeProxy]:
     started: list[ProxyServer] = []
 
     async def factory(
-        upstreams: dict[str, Any], routes: list[dict[str, Any]], **server: Any
+        upstreams: dict[str, Any],
+        routes: list[dict[str, Any]],
+        sections: dict[str, Any] | None = None,
+        **server: Any,
     ) -> Proxy:
+        """A started proxy; ``sections`` are more top-level sections of its config, ``server``
+        its ``server:`` settings."""
         data = with_client(proxy_config(upstreams, routes, **server), upstream_client)
+        data.update(sections or {})
         config = validate_data(data)
         log = io.StringIO()
         srv = ProxyServer(config, access_log=AccessLog(stream=log))
@@ -115,6 +125,47 @@ async def make_proxy(upstream_client: str) -> AsyncIterator[MakeProxy]:
     yield factory
     for srv in started:
         await srv.stop()
+
+
+ProxyTo = Callable[..., Awaitable[Proxy]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def serve_one(
+    aiohttp_server: Any, handler: Handler, path: str = "/", method: str = "GET"
+) -> Any:
+    """A pytest-aiohttp test server whose one route takes ``method`` ``path`` to ``handler``."""
+    app = web.Application()
+    if method == "GET":
+        app.router.add_get(path, handler)
+    else:
+        app.router.add_route(method, path, handler)
+    return await aiohttp_server(app)
+
+
+@pytest.fixture
+def proxy_to(aiohttp_server: Any, make_proxy: MakeProxy) -> ProxyTo:
+    """A proxy (``ROUTE`` unless ``routes``) in front of a test server whose one route takes
+    ``method`` ``path`` to ``handler``; ``upstream`` adds settings to the upstream "up", the
+    other keywords go to the proxy's ``server:``. The test server is the proxy's ``upstream``."""
+
+    async def start(
+        handler: Handler,
+        path: str = "/",
+        *,
+        method: str = "GET",
+        routes: list[dict[str, Any]] = ROUTE,
+        upstream: dict[str, Any] | None = None,
+        **server: Any,
+    ) -> Proxy:
+        up = await serve_one(aiohttp_server, handler, path, method)
+        proxy = await make_proxy(
+            {"up": {"targets": [origin(up)], **(upstream or {})}}, routes, **server
+        )
+        proxy.upstream = up
+        return proxy
+
+    return start
 
 
 def origin(server: Any) -> str:

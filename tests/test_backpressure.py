@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, origin, start_proxy_process, stop_process
+from .conftest import MakeProxy, ProxyTo, origin, serve_one, start_proxy_process, stop_process
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
@@ -129,7 +129,7 @@ async def test_the_proxy_reads_the_upstream_no_faster_than_the_client_drains(
 
 
 async def test_a_streamed_request_body_over_the_limit_never_reaches_the_upstream_whole(
-    aiohttp_server, make_proxy: MakeProxy
+    proxy_to: ProxyTo,
 ) -> None:
     """The upstream reads as the body comes; it gets at most the limit, then the cut."""
     limit = 256 * 1024
@@ -148,10 +148,7 @@ async def test_a_streamed_request_body_over_the_limit_never_reaches_the_upstream
             got.put_nowait(n)
         return web.Response(text=str(n))
 
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", sink)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTES, max_request_body=limit)
+    proxy = await proxy_to(sink, "/{tail:.*}", method="POST", routes=ROUTES, max_request_body=limit)
 
     async def body(blocks: int) -> AsyncIterator[bytes]:
         yield b"u" * BLOCK
@@ -201,9 +198,7 @@ async def test_512_mib_to_a_5_mb_s_reader_grows_the_proxy_rss_by_less_than_32_mi
             await resp.write(block)
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", big)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, big)
     port = free_port()
     config = tmp_path / "proxy.yaml"
     config.write_text(

@@ -14,7 +14,7 @@ import time
 
 from aiohttp import web
 
-from .conftest import MakeProxy, Proxy, origin, read_head
+from .conftest import Proxy, ProxyTo, read_head
 
 STREAMS = 500
 BATCH = 50
@@ -60,9 +60,7 @@ async def settled(proxy: Proxy, baseline: dict[str, int], timeout: float = 5.0) 
     return now
 
 
-async def test_500_streams_aborted_mid_body_leave_nothing_behind(
-    aiohttp_server, make_proxy: MakeProxy
-) -> None:
+async def test_500_streams_aborted_mid_body_leave_nothing_behind(proxy_to: ProxyTo) -> None:
     upstream_closed: dict[str, asyncio.Event] = {}
     closed_at: dict[str, float] = {}
 
@@ -81,10 +79,7 @@ async def test_500_streams_aborted_mid_body_leave_nothing_behind(
             upstream_closed[key].set()
         return resp
 
-    app = web.Application()
-    app.router.add_get("/{route}/{key}", endless)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTES)
+    proxy = await proxy_to(endless, "/{route}/{key}", routes=ROUTES)
 
     async def aborted_stream(n: int) -> float:
         """One stream, aborted by the client mid-body; returns when the client let go."""

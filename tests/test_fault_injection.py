@@ -10,13 +10,14 @@ after it did. Never a complete-looking response that is not what the upstream se
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
 from .conftest import MakeProxy, Proxy
 from .support.common import ROUTE
 from .support.raw_upstream import RawUpstream, Reply, raw_upstream, reset
-from .test_hardening import Answer, assert_json_error, exchange
+from .test_hardening import Answer, Exchange, assert_json_error, exchange
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
@@ -43,6 +44,34 @@ async def start(make_proxy: MakeProxy, up: RawUpstream) -> Proxy:
     return await make_proxy({"up": [up.origin]}, ROUTE)
 
 
+async def relay_once(make_proxy: MakeProxy, data: bytes) -> Exchange:
+    """One GET through a proxy to an upstream that answers it with ``data``, then closes."""
+    async with raw_upstream(sends(data)) as up:
+        proxy = await start(make_proxy, up)
+        return await exchange(proxy.port, GET)
+
+
+class Cut:
+    """An upstream reply: it reads the request, sends ``head``, the first ``at`` bytes of
+    ``body``, then closes (or resets). Set ``at`` between requests."""
+
+    def __init__(self, head: bytes, body: bytes, *, rst: bool) -> None:
+        self.head, self.body, self.rst = head, body, rst
+        self.at = 0
+
+    async def __call__(
+        self, up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        await up.read_request(reader)
+        if self.head:
+            writer.write(self.head)
+            await writer.drain()
+        writer.write(self.body[: self.at])
+        await writer.drain()
+        if self.rst:
+            reset(writer)
+
+
 # -- the response head cut at every byte ------------------------------------------------------
 
 HEAD = (
@@ -60,21 +89,12 @@ BODY = b"hello world"
 async def test_an_upstream_closing_inside_its_header_block_is_a_502_at_every_offset(
     make_proxy: MakeProxy, rst: bool
 ) -> None:
-    cut = 0
-
-    async def reply(
-        up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
-    ) -> None:
-        await up.read_request(reader)
-        writer.write((HEAD + BODY)[:cut])
-        await writer.drain()
-        if rst:
-            reset(writer)
-
+    reply = Cut(b"", HEAD + BODY, rst=rst)
     assert 110 <= len(HEAD) <= 140
     async with raw_upstream(reply) as up:
         proxy = await start(make_proxy, up)
         for cut in range(len(HEAD)):
+            reply.at = cut
             result = await exchange(proxy.port, GET)
             assert result.closed, f"offset {cut}: the client connection stayed open"
             answer = result.only()
@@ -82,15 +102,13 @@ async def test_an_upstream_closing_inside_its_header_block_is_a_502_at_every_off
             assert answer.header("X-Upstream-Private") is None, f"offset {cut}"
             assert body["error"].startswith("upstream"), (cut, body)
         # Control: the whole head and body make a 200, so the loop above could have failed.
-        cut = len(HEAD) + len(BODY)
+        reply.at = len(HEAD) + len(BODY)
         answer = (await exchange(proxy.port, GET)).only()
         assert (answer.status, answer.body, answer.complete) == (200, BODY, True)
 
 
 async def test_a_502_never_echoes_what_the_upstream_sent(make_proxy: MakeProxy) -> None:
-    async with raw_upstream(sends(HEAD[:-1])) as up:  # everything but the final LF
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, HEAD[:-1])  # everything but the final LF
     assert_json_error(result.only(), 502)
     assert b"s3cr3t-token" not in result.data
     assert b"RawResponseMessage" not in result.data
@@ -112,38 +130,47 @@ def assert_cut_short(answer: Answer, payload: bytes, where: str) -> None:
     assert payload.startswith(answer.body), where  # what arrived is the upstream's, in order
 
 
-@pytest.mark.parametrize("rst", [False, True], ids=["fin", "rst"])
-async def test_an_upstream_closing_inside_a_chunked_body_never_looks_complete(
-    make_proxy: MakeProxy, rst: bool
+async def assert_every_body_cut_falls_short(
+    make_proxy: MakeProxy,
+    head: bytes,
+    body: bytes,
+    payload: bytes,
+    rst: bool,
+    framed: Callable[[Exchange, Answer, str], None],
 ) -> None:
-    cut = 0
-
-    async def reply(
-        up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
-    ) -> None:
-        await up.read_request(reader)
-        writer.write(CHUNKED_HEAD)
-        await writer.drain()
-        writer.write(CHUNKED_BODY[:cut])
-        await writer.drain()
-        if rst:
-            reset(writer)
-
+    """The upstream sends ``head`` and ``body`` cut at every byte: each answer is a 502 or a
+    body that visibly falls short (``framed`` checks its framing), and the whole body is
+    relayed complete (the control)."""
+    reply = Cut(head, body, rst=rst)
     async with raw_upstream(reply) as up:
         proxy = await start(make_proxy, up)
-        for cut in range(len(CHUNKED_BODY)):
+        for cut in range(len(body)):
+            reply.at = cut
+            where = f"offset {cut}"
             result = await exchange(proxy.port, GET)
-            assert result.closed, f"offset {cut}"
+            assert result.closed, where
             (answer,) = result.answers()
             if answer.status == 502:  # the failure came before the proxy sent its head
                 assert_json_error(answer, 502)
                 continue
-            assert answer.chunked, f"offset {cut}"
-            assert_cut_short(answer, CHUNKED_PAYLOAD, f"offset {cut}")
-            assert not result.data.endswith(b"0\r\n\r\n"), f"offset {cut}"
-        cut = len(CHUNKED_BODY)  # control: the whole body is relayed and terminated
+            framed(result, answer, where)
+            assert_cut_short(answer, payload, where)
+        reply.at = len(body)  # control: the whole body is relayed and terminated
         answer = (await exchange(proxy.port, GET)).only()
-        assert (answer.body, answer.complete) == (CHUNKED_PAYLOAD, True)
+        assert (answer.body, answer.complete) == (payload, True)
+
+
+@pytest.mark.parametrize("rst", [False, True], ids=["fin", "rst"])
+async def test_an_upstream_closing_inside_a_chunked_body_never_looks_complete(
+    make_proxy: MakeProxy, rst: bool
+) -> None:
+    def framed(result: Exchange, answer: Answer, where: str) -> None:
+        assert answer.chunked, where
+        assert not result.data.endswith(b"0\r\n\r\n"), where
+
+    await assert_every_body_cut_falls_short(
+        make_proxy, CHUNKED_HEAD, CHUNKED_BODY, CHUNKED_PAYLOAD, rst, framed
+    )
 
 
 @pytest.mark.parametrize("rst", [False, True], ids=["fin", "rst"])
@@ -154,33 +181,11 @@ async def test_an_upstream_closing_inside_a_content_length_body_never_looks_comp
     head = (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 40\r\n\r\n"
     )
-    cut = 0
 
-    async def reply(
-        up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
-    ) -> None:
-        await up.read_request(reader)
-        writer.write(head)
-        await writer.drain()
-        writer.write(payload[:cut])
-        await writer.drain()
-        if rst:
-            reset(writer)
+    def framed(result: Exchange, answer: Answer, where: str) -> None:
+        assert answer.header("Content-Length") == "40", where
 
-    async with raw_upstream(reply) as up:
-        proxy = await start(make_proxy, up)
-        for cut in range(len(payload)):
-            result = await exchange(proxy.port, GET)
-            assert result.closed, f"offset {cut}"
-            (answer,) = result.answers()
-            if answer.status == 502:
-                assert_json_error(answer, 502)
-                continue
-            assert answer.header("Content-Length") == "40", f"offset {cut}"
-            assert_cut_short(answer, payload, f"offset {cut}")
-        cut = len(payload)
-        answer = (await exchange(proxy.port, GET)).only()
-        assert (answer.body, answer.complete) == (payload, True)
+    await assert_every_body_cut_falls_short(make_proxy, head, payload, payload, rst, framed)
 
 
 async def test_a_body_shorter_than_its_content_length_is_seen_short_then_eof(
@@ -221,18 +226,14 @@ INVALID = {
 
 @pytest.mark.parametrize("name", list(INVALID))
 async def test_invalid_http_from_the_upstream_is_a_502(make_proxy: MakeProxy, name: str) -> None:
-    async with raw_upstream(sends(INVALID[name])) as up:
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, INVALID[name])
     assert result.closed
     assert_json_error(result.only(), 502)
 
 
 async def test_a_bad_chunk_size_is_a_502_or_a_cut_body(make_proxy: MakeProxy) -> None:
     data = CHUNKED_HEAD + b"5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n"
-    async with raw_upstream(sends(data)) as up:
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, data)
     assert result.closed
     (answer,) = result.answers()
     if answer.status == 502:
@@ -242,25 +243,19 @@ async def test_a_bad_chunk_size_is_a_502_or_a_cut_body(make_proxy: MakeProxy) ->
 
 
 async def test_a_status_the_client_cannot_parse_is_a_502(make_proxy: MakeProxy) -> None:
-    async with raw_upstream(sends(b"HTTP/1.1 099 OK\r\nContent-Length: 2\r\n\r\nok")) as up:
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, b"HTTP/1.1 099 OK\r\nContent-Length: 2\r\n\r\nok")
     assert_json_error(result.only(), 502)
 
 
 async def test_an_unrequested_101_is_a_502(make_proxy: MakeProxy) -> None:
     data = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nraw"
-    async with raw_upstream(sends(data)) as up:
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, data)
     assert_json_error(result.only(), 502)
 
 
 async def test_an_upstream_header_is_relayed_exactly_or_refused(make_proxy: MakeProxy) -> None:
     data = b"HTTP/1.1 200 OK\r\nX-Bin: a\xffb\r\nContent-Length: 2\r\n\r\nok"
-    async with raw_upstream(sends(data)) as up:
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, data)
     if b"\r\nX-Bin:" in result.data:
         assert b"\r\nX-Bin: a\xffb\r\n" in result.data
     else:
@@ -300,9 +295,7 @@ async def test_garbage_past_the_content_length_is_an_honest_outcome(
     make_proxy: MakeProxy,
 ) -> None:
     data = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA GARBAGE"
-    async with raw_upstream(sends(data)) as up:
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, data)
     answer = result.only()
     assert b"EXTRA" not in result.data
     if answer.status == 502:

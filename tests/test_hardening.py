@@ -266,6 +266,28 @@ async def start(make_proxy: MakeProxy, up: Recorder, routes: Any = None, **serve
     return await make_proxy({"up": [up.origin]}, routes or ROUTE, **server)
 
 
+async def assert_refused(
+    make_proxy: MakeProxy, upstream: Recorder, data: bytes, *statuses: int, **server: Any
+) -> dict[str, Any]:
+    """``data`` sent to a proxy (with ``server`` settings) gets one JSON error with one of
+    ``statuses``, the connection closed, and nothing reaches the upstream. Its body."""
+    proxy = await start(make_proxy, upstream, **server)
+    result = await exchange(proxy.port, data)
+    assert result.closed
+    body = assert_json_error(result.only(), *statuses)
+    assert upstream.requests == []
+    return body
+
+
+async def assert_passes(
+    make_proxy: MakeProxy, upstream: Recorder, data: bytes, **server: Any
+) -> None:
+    """``data`` sent to a proxy (with ``server`` settings) gets a 200 from the upstream."""
+    proxy = await start(make_proxy, upstream, **server)
+    assert (await exchange(proxy.port, data)).only().status == 200
+    assert len(upstream.requests) == 1
+
+
 # -- 1. framing -------------------------------------------------------------------------------
 
 H = b"Host: x\r\n"
@@ -384,11 +406,7 @@ async def test_what_the_parser_accepts_but_the_proxy_cannot_relay_is_refused(
             b"5\r\nhello\r\n0\r\n\r\n"
         ),
     }[name]
-    proxy = await start(make_proxy, upstream)
-    result = await exchange(proxy.port, data)
-    assert result.closed
-    assert_json_error(result.only(), status)
-    assert upstream.requests == []
+    await assert_refused(make_proxy, upstream, data, status)
 
 
 async def test_the_same_harness_sees_a_valid_request_reach_the_upstream(
@@ -436,66 +454,46 @@ def _headers(n: int, size: int = 1) -> bytes:
 async def test_one_header_over_max_header_size_is_431(
     make_proxy: MakeProxy, upstream: Recorder
 ) -> None:
-    proxy = await start(make_proxy, upstream, max_header_size="2KiB")
     data = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 3000 + b"\r\n\r\n"
-    result = await exchange(proxy.port, data)
-    assert result.closed
-    body = assert_json_error(result.only(), 431)
+    body = await assert_refused(make_proxy, upstream, data, 431, max_header_size="2KiB")
     assert body["error"] == "request_header_too_large"
-    assert upstream.requests == []
 
 
 async def test_many_headers_adding_up_past_max_header_size_are_431(
     make_proxy: MakeProxy, upstream: Recorder
 ) -> None:
-    proxy = await start(make_proxy, upstream, max_header_size="2KiB")
     data = b"GET / HTTP/1.1\r\nHost: x\r\n" + _headers(10, 300) + b"\r\n"
-    result = await exchange(proxy.port, data)
-    assert result.closed
-    assert_json_error(result.only(), 431)
-    assert upstream.requests == []
+    await assert_refused(make_proxy, upstream, data, 431, max_header_size="2KiB")
 
 
 async def test_a_head_just_under_max_header_size_passes(
     make_proxy: MakeProxy, upstream: Recorder
 ) -> None:
-    proxy = await start(make_proxy, upstream, max_header_size="2KiB")
     data = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + _headers(5, 300) + b"\r\n"
-    assert (await exchange(proxy.port, data)).only().status == 200
-    assert len(upstream.requests) == 1
+    await assert_passes(make_proxy, upstream, data, max_header_size="2KiB")
 
 
 @pytest.mark.parametrize("count", [21, 22, 60])
 async def test_more_headers_than_max_header_count_are_431(
     make_proxy: MakeProxy, upstream: Recorder, count: int
 ) -> None:
-    proxy = await start(make_proxy, upstream, max_header_count=20)
     data = b"GET / HTTP/1.1\r\nHost: x\r\n" + _headers(count - 1) + b"\r\n"  # + Host
-    result = await exchange(proxy.port, data)
-    assert result.closed
-    assert_json_error(result.only(), 431)
-    assert upstream.requests == []
+    await assert_refused(make_proxy, upstream, data, 431, max_header_count=20)
 
 
 async def test_exactly_max_header_count_headers_pass(
     make_proxy: MakeProxy, upstream: Recorder
 ) -> None:
-    proxy = await start(make_proxy, upstream, max_header_count=20)
     data = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + _headers(18) + b"\r\n"
-    assert (await exchange(proxy.port, data)).only().status == 200
-    assert len(upstream.requests) == 1
+    await assert_passes(make_proxy, upstream, data, max_header_count=20)
 
 
 @pytest.mark.parametrize("length", [101, 1000, 20000])
 async def test_a_url_over_max_url_length_is_refused(
     make_proxy: MakeProxy, upstream: Recorder, length: int
 ) -> None:
-    proxy = await start(make_proxy, upstream, max_url_length=100)
-    path = b"/" + b"a" * (length - 1)
-    result = await exchange(proxy.port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert result.closed
-    assert_json_error(result.only(), 400, 414)
-    assert upstream.requests == []
+    data = b"GET /" + b"a" * (length - 1) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    await assert_refused(make_proxy, upstream, data, 400, 414, max_url_length=100)
 
 
 async def test_a_url_of_exactly_max_url_length_passes(

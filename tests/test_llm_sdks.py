@@ -283,6 +283,20 @@ async def ollama_client(setup: Setup) -> AsyncIterator[ollama.AsyncClient]:
 
 
 HI: list[Any] = [{"role": "user", "content": "hi"}]
+
+
+async def chat_stream(client: Any, n: int, **extra: Any) -> Any:
+    """A streamed Chat Completions request of ``n`` choices answering ``HI``."""
+    return await client.chat.completions.create(
+        model="gpt-4o-mini", messages=HI, n=n, stream=True, **extra
+    )
+
+
+def chat_helper(client: Any, n: int, **extra: Any) -> Any:
+    """The SDK's stream helper over a Chat Completions request of ``n`` choices to ``HI``."""
+    return client.chat.completions.stream(model="gpt-4o-mini", messages=HI, n=n, **extra)
+
+
 OPENAI_TOOLS: list[Any] = [
     {
         "type": "function",
@@ -315,13 +329,7 @@ async def test_openai_chat_stream(llm: Start, mode: str, split: str) -> None:
     n = 2
     want = [setup.expect(choice_answer(ANSWER, i)) for i in range(n)]
     async with asyncio.timeout(TIMEOUT), openai_client(setup) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=HI,
-            n=n,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
+        stream = await chat_stream(client, n, stream_options={"include_usage": True})
         texts: dict[int, str] = defaultdict(str)
         roles: dict[int, str] = defaultdict(str)
         finish: dict[int, str] = {}
@@ -341,11 +349,7 @@ async def test_openai_chat_stream(llm: Start, mode: str, split: str) -> None:
         assert finish == dict.fromkeys(range(n), "stop")
         assert usage is not None
 
-        async with client.chat.completions.stream(
-            model="gpt-4o-mini",
-            messages=HI,
-            n=n,
-        ) as helper:
+        async with chat_helper(client, n) as helper:
             done = [event.content async for event in helper if event.type == "content.done"]
             final = await helper.get_final_completion()
         assert sorted(done) == sorted(want)
@@ -368,13 +372,7 @@ async def test_openai_chat_stream_tool_calls(llm: Start, mode: str, split: str) 
     names = {(c, t): name for c in range(n) for t, (name, _) in enumerate(TOOL_CALLS)}
     ids = {(c, t): f"call_{c}{t}abcXYZ" for c in range(n) for t in range(len(TOOL_CALLS))}
     async with asyncio.timeout(TIMEOUT), openai_client(setup) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=HI,
-            n=n,
-            tools=OPENAI_TOOLS,
-            stream=True,
-        )
+        stream = await chat_stream(client, n, tools=OPENAI_TOOLS)
         arguments: dict[tuple[int, int], str] = defaultdict(str)
         got_ids: dict[tuple[int, int], str] = defaultdict(str)
         got_names: dict[tuple[int, int], str] = defaultdict(str)
@@ -398,12 +396,7 @@ async def test_openai_chat_stream_tool_calls(llm: Start, mode: str, split: str) 
         for text in arguments.values():
             json.loads(text)
 
-        async with client.chat.completions.stream(
-            model="gpt-4o-mini",
-            messages=HI,
-            n=n,
-            tools=OPENAI_TOOLS,
-        ) as helper:
+        async with chat_helper(client, n, tools=OPENAI_TOOLS) as helper:
             done = [
                 (event.name, event.arguments)
                 async for event in helper
@@ -447,12 +440,7 @@ async def test_openai_chat_stream_content_then_tool_calls(
     content = [setup.expect(choice_answer(ANSWER, c)) for c in range(n)]
     calls = [[(name, setup.expect(arguments)) for name, arguments in TOOL_CALLS] for _ in range(n)]
     async with asyncio.timeout(TIMEOUT), openai_client(setup) as client:
-        async with client.chat.completions.stream(
-            model="gpt-4o-mini",
-            messages=HI,
-            n=n,
-            tools=OPENAI_TOOLS,
-        ) as helper:
+        async with chat_helper(client, n, tools=OPENAI_TOOLS) as helper:
             content_done: list[str] = []
             arguments_done: list[tuple[str, str]] = []
             async for event in helper:

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from proxy.logs import JsonFormatter, setup_logging
 
-from .conftest import MakeProxy, origin, raw_exchange
-from .support.common import ROUTE, find_sample
+from .conftest import MakeProxy, origin, raw_exchange, serve_one
+from .support.common import ROUTE, find_sample, paused_stream
 
 FIELDS = {
     "ts",
@@ -44,9 +44,7 @@ async def test_metrics_after_known_traffic(aiohttp_server, make_proxy: MakeProxy
     async def ok(_: web.Request) -> web.Response:
         return web.Response(body=b"x" * 100)
 
-    app = web.Application()
-    app.router.add_get("/ok", ok)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, ok, "/ok")
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))
     dead_port = dead.getsockname()[1]
@@ -91,17 +89,9 @@ async def test_active_streams_counts_what_is_in_flight(
 ) -> None:
     release = asyncio.Event()
 
-    async def slow(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"a")
-        async with asyncio.timeout(5):
-            await release.wait()
-        return resp
+    slow = paused_stream(b"a", b"", release)
 
-    app = web.Application()
-    app.router.add_get("/", slow)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, slow)
     proxy = await make_proxy({"up": [origin(up)]}, [{"name": "r", "upstream": "up"}])
     async with aiohttp.ClientSession() as s:
         r = await s.get(proxy.url("/"))

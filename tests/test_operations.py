@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, origin, start_proxy_process, stop_process
-from .support.common import ROUTE, free_port
+from .conftest import MakeProxy, ProxyTo, origin, serve_one, start_proxy_process, stop_process
+from .support.common import ROUTE, demo_config, free_port, paused_stream
 
 
 async def test_healthz_and_readyz(aiohttp_server, make_proxy: MakeProxy) -> None:
@@ -25,24 +25,12 @@ async def test_healthz_and_readyz(aiohttp_server, make_proxy: MakeProxy) -> None
             assert r.status == 200
 
 
-async def test_drain_finishes_streams_in_flight_and_refuses_new_ones(
-    aiohttp_server, make_proxy: MakeProxy
-) -> None:
+async def test_drain_finishes_streams_in_flight_and_refuses_new_ones(proxy_to: ProxyTo) -> None:
     release = asyncio.Event()
 
-    async def stream(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"begin\n")
-        async with asyncio.timeout(10):
-            await release.wait()
-        await resp.write(b"end\n")
-        return resp
+    stream = paused_stream(b"begin\n", b"end\n", release, timeout=10)
 
-    app = web.Application()
-    app.router.add_get("/", stream)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE, shutdown_grace="10s")
+    proxy = await proxy_to(stream, shutdown_grace="10s")
     async with aiohttp.ClientSession() as s:
         r = await s.get(proxy.url("/"))
         assert await r.content.readuntil(b"\n") == b"begin\n"
@@ -62,7 +50,7 @@ async def test_drain_finishes_streams_in_flight_and_refuses_new_ones(
         await asyncio.wait_for(stopping, 5)
 
 
-async def test_drain_aborts_what_outlives_the_grace(aiohttp_server, make_proxy: MakeProxy) -> None:
+async def test_drain_aborts_what_outlives_the_grace(proxy_to: ProxyTo) -> None:
     async def endless(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
         await resp.prepare(request)
@@ -70,10 +58,7 @@ async def test_drain_aborts_what_outlives_the_grace(aiohttp_server, make_proxy: 
         await asyncio.sleep(30)
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", endless)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE, shutdown_grace="300ms")
+    proxy = await proxy_to(endless, shutdown_grace="300ms")
     async with aiohttp.ClientSession() as s:
         r = await s.get(proxy.url("/"))
         assert await r.content.readuntil(b"\n") == b"begin\n"
@@ -81,24 +66,6 @@ async def test_drain_aborts_what_outlives_the_grace(aiohttp_server, make_proxy: 
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.content.read()  # cut: not a clean end
         r.release()
-
-
-def demo_config(tmp_path: Path, grace: str = "10s") -> tuple[Path, int, int]:
-    port, admin, demo = free_port(), free_port(), free_port()
-    path = tmp_path / "proxy.yaml"
-    path.write_text(
-        f"""
-server: {{host: 127.0.0.1, port: {port}, shutdown_grace: {grace}}}
-admin: {{host: 127.0.0.1, port: {admin}}}
-demo: {{host: 127.0.0.1, port: {demo}, interval: 50ms}}
-upstreams:
-  demo: {{targets: ["http://127.0.0.1:{demo}"]}}
-routes:
-  - name: demo
-    upstream: demo
-"""
-    )
-    return path, port, admin
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -191,18 +158,9 @@ async def test_reload_keeps_in_flight_streams_and_closes_removed_upstreams_once_
 
     release = asyncio.Event()
 
-    async def stream(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"begin\n")
-        async with asyncio.timeout(10):
-            await release.wait()
-        await resp.write(b"end\n")
-        return resp
+    stream = paused_stream(b"begin\n", b"end\n", release, timeout=10)
 
-    app = web.Application()
-    app.router.add_get("/{t:.*}", stream)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, stream, "/{t:.*}")
     target = f"http://127.0.0.1:{up.port}"
     path = tmp_path / "proxy.yaml"
     before = f"""

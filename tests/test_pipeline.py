@@ -14,7 +14,8 @@ import brotli
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, origin, raw_exchange
+from .conftest import MakeProxy, origin, raw_exchange, serve_one
+from .support.common import paused_stream
 
 TEXT = ("line one é\nline two 漢字\n" * 200).encode()
 
@@ -95,9 +96,7 @@ async def test_encoded_bodies_are_decoded_transformed_and_re_encoded(
             },
         )
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, handler)
     proxy = await make_proxy({"up": [origin(up)]}, route(UPPER))
     async with aiohttp.ClientSession(auto_decompress=False) as s:
         async with s.get(proxy.url("/"), headers={"Accept-Encoding": f"{coding}, zstd"}) as r:
@@ -128,9 +127,7 @@ async def test_re_encoding_flushes_every_chunk(aiohttp_server, make_proxy: MakeP
         await resp.write(packer.compress(b"second part\n") + packer.flush())
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, handler)
     proxy = await make_proxy({"up": [origin(up)]}, route(UPPER))
     async with aiohttp.ClientSession(auto_decompress=False) as s:
         async with s.get(proxy.url("/"), headers={"Accept-Encoding": "gzip"}) as r:
@@ -195,9 +192,7 @@ async def test_a_transform_failing_mid_stream_aborts_and_is_counted(
             await asyncio.sleep(0.01)
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, handler)
     proxy = await make_proxy(
         {"up": [origin(up)]}, route({"tests.sample_plugins:FailAfter": {"count": 1}})
     )
@@ -229,18 +224,11 @@ async def test_sse_flows_event_by_event_and_says_not_to_buffer(
 ) -> None:
     release = asyncio.Event()
 
-    async def events(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(b"data: one\n\n")
-        async with asyncio.timeout(5):
-            await release.wait()
-        await resp.write(b"data: two\n\n")
-        return resp
+    events = paused_stream(
+        b"data: one\n\n", b"data: two\n\n", release, headers={"Content-Type": "text/event-stream"}
+    )
 
-    app = web.Application()
-    app.router.add_get("/", events)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, events)
     for transforms in ([], [UPPER]):
         release.clear()
         proxy = await make_proxy({"up": [origin(up)]}, route(*transforms))
@@ -261,9 +249,7 @@ async def test_request_transforms_rewrite_uploads_as_they_stream(
         seen.append((request.headers.get("Content-Length"), await request.read()))
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_post("/", upload)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, upload, "/", "POST")
     proxy = await make_proxy({"up": [origin(up)]}, route(UPPER, request=True))
     async with aiohttp.ClientSession() as s:
         async with s.post(proxy.url("/"), data=b"hello", headers={"Content-Type": "text/plain"}):

@@ -4,36 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, origin, raw_exchange, read_head
-from .support.common import ROUTE
+from .conftest import MakeProxy, Proxy, ProxyTo, origin, raw_exchange, read_head
+from .support.common import ROUTE, assert_upstream_timeout, blackhole, paused_stream
+from .support.raw_upstream import raw_upstream, silent
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
 
 
 async def test_a_chunk_reaches_the_client_while_the_upstream_is_still_busy(
-    aiohttp_server, make_proxy: MakeProxy
+    proxy_to: ProxyTo,
 ) -> None:
     release = asyncio.Event()
 
-    async def slow(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"first chunk\n")
-        async with asyncio.timeout(5):
-            await release.wait()
-        await resp.write(b"second chunk\n")
-        return resp
+    slow = paused_stream(b"first chunk\n", b"second chunk\n", release)
 
-    app = web.Application()
-    app.router.add_get("/", slow)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(slow)
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
         # The upstream sends nothing more until the client has the first chunk.
         first = await asyncio.wait_for(r.content.readuntil(b"\n"), 1.0)
@@ -42,9 +34,7 @@ async def test_a_chunk_reaches_the_client_while_the_upstream_is_still_busy(
         assert await r.content.read() == b"second chunk\n"
 
 
-async def test_repeated_headers_stay_repeated_and_in_order(
-    aiohttp_server, make_proxy: MakeProxy
-) -> None:
+async def test_repeated_headers_stay_repeated_and_in_order(proxy_to: ProxyTo) -> None:
     async def cookies(request: web.Request) -> web.Response:
         resp = web.Response(text="ok")
         for i in range(3):
@@ -53,13 +43,24 @@ async def test_repeated_headers_stay_repeated_and_in_order(
         resp.headers.add("X-Multi", "b")
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", cookies)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(cookies)
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
         assert r.headers.getall("Set-Cookie") == [f"c{i}=v{i}; Path=/" for i in range(3)]
         assert r.headers.getall("X-Multi") == ["a", "b"]
+
+
+async def recording_proxy(
+    proxy_to: ProxyTo, routes: list[dict[str, Any]] = ROUTE
+) -> tuple[Proxy, list[str]]:
+    """A proxy in front of an upstream that takes any method and path and records the raw
+    path of each request it gets: the proxy and that record."""
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.Response(text="ok")
+
+    return await proxy_to(record, "/{tail:.*}", method="*", routes=routes), seen
 
 
 @pytest.mark.parametrize(
@@ -72,18 +73,9 @@ async def test_repeated_headers_stay_repeated_and_in_order(
     ],
 )
 async def test_raw_path_and_query_reach_the_upstream_byte_for_byte(
-    aiohttp_server, make_proxy: MakeProxy, target: str
+    proxy_to: ProxyTo, target: str
 ) -> None:
-    seen: list[str] = []
-
-    async def record(request: web.Request) -> web.Response:
-        seen.append(request.raw_path)
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", record)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy, seen = await recording_proxy(proxy_to)
     response = await raw_exchange(
         proxy.port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
     )
@@ -91,20 +83,11 @@ async def test_raw_path_and_query_reach_the_upstream_byte_for_byte(
     assert seen == [target]
 
 
-async def test_strip_prefix_keeps_the_rest_raw(aiohttp_server, make_proxy: MakeProxy) -> None:
-    seen: list[str] = []
-
-    async def record(request: web.Request) -> web.Response:
-        seen.append(request.raw_path)
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", record)
-    up = await aiohttp_server(app)
+async def test_strip_prefix_keeps_the_rest_raw(proxy_to: ProxyTo) -> None:
     routes = [
         {"name": "logs", "match": {"path_prefix": "/logs/"}, "upstream": "up", "strip_prefix": True}
     ]
-    proxy = await make_proxy({"up": [origin(up)]}, routes)
+    proxy, seen = await recording_proxy(proxy_to, routes)
     async with aiohttp.ClientSession() as s:
         for path in ("/logs/a%2Fb?x=1", "/logs/", "/logs/?q"):
             async with s.get(aiohttp.client.URL(proxy.url(path), encoded=True)) as r:
@@ -159,7 +142,7 @@ async def test_a_short_content_length_body_is_not_completed(make_proxy: MakeProx
                 await r.read()
 
 
-async def test_twenty_concurrent_streams_all_flow(aiohttp_server, make_proxy: MakeProxy) -> None:
+async def test_twenty_concurrent_streams_all_flow(proxy_to: ProxyTo) -> None:
     release = asyncio.Event()
 
     async def stream(request: web.Request) -> web.StreamResponse:
@@ -171,10 +154,7 @@ async def test_twenty_concurrent_streams_all_flow(aiohttp_server, make_proxy: Ma
         await resp.write(b"end\n")
         return resp
 
-    app = web.Application()
-    app.router.add_get("/{n}", stream)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(stream, "/{n}")
     async with aiohttp.ClientSession() as s:
         responses = [await s.get(proxy.url(f"/{n}")) for n in range(20)]
         try:
@@ -191,9 +171,7 @@ async def test_twenty_concurrent_streams_all_flow(aiohttp_server, make_proxy: Ma
                 r.release()
 
 
-async def test_hop_by_hop_headers_are_dropped_both_ways(
-    aiohttp_server, make_proxy: MakeProxy
-) -> None:
+async def test_hop_by_hop_headers_are_dropped_both_ways(proxy_to: ProxyTo) -> None:
     seen: list[list[tuple[str, str]]] = []
 
     async def echo(request: web.Request) -> web.Response:
@@ -206,10 +184,7 @@ async def test_hop_by_hop_headers_are_dropped_both_ways(
         resp.headers["X-End"] = "kept"
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", echo)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(echo)
     request = (
         b"GET / HTTP/1.1\r\nHost: front.example:8080\r\nConnection: X-Private, close\r\n"
         b"X-Private: hidden\r\nKeep-Alive: 5\r\nProxy-Authorization: Basic abc\r\nTE: trailers\r\n"
@@ -242,22 +217,17 @@ async def test_hop_by_hop_headers_are_dropped_both_ways(
     assert values["x-forwarded-proto"] == "http"
     assert values["x-forwarded-host"] == "front.example:8080"
     assert values["x-request-id"] == "abc-123"
-    assert values["host"] == f"127.0.0.1:{up.port}"
+    assert values["host"] == f"127.0.0.1:{proxy.upstream.port}"
 
 
-async def test_request_id_is_made_when_missing_or_unsafe(
-    aiohttp_server, make_proxy: MakeProxy
-) -> None:
+async def test_request_id_is_made_when_missing_or_unsafe(proxy_to: ProxyTo) -> None:
     seen: list[str] = []
 
     async def echo(request: web.Request) -> web.Response:
         seen.append(request.headers["X-Request-ID"])
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_get("/", echo)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(echo)
     async with aiohttp.ClientSession() as s:
         async with s.get(proxy.url("/")) as r:
             made = r.headers["X-Request-ID"]
@@ -267,18 +237,15 @@ async def test_request_id_is_made_when_missing_or_unsafe(
     assert replaced != "bad id with spaces" and seen[1] == replaced
 
 
-async def test_preserve_host_sends_the_clients_host(aiohttp_server, make_proxy: MakeProxy) -> None:
+async def test_preserve_host_sends_the_clients_host(proxy_to: ProxyTo) -> None:
     seen: list[str] = []
 
     async def echo(request: web.Request) -> web.Response:
         seen.append(request.headers["Host"])
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_get("/", echo)
-    up = await aiohttp_server(app)
     routes = [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "up", "preserve_host": True}]
-    proxy = await make_proxy({"up": [origin(up)]}, routes)
+    proxy = await proxy_to(echo, routes=routes)
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/"), headers={"Host": "app.test"}):
         pass
     assert seen == ["app.test"]
@@ -319,7 +286,7 @@ async def test_routes_match_by_prefix_host_and_method_first_wins(
             assert r.content_type == "application/json"
 
 
-async def test_request_bodies_stream_upstream(aiohttp_server, make_proxy: MakeProxy) -> None:
+async def test_request_bodies_stream_upstream(proxy_to: ProxyTo) -> None:
     got_first = asyncio.Event()
     seen: list[tuple[str | None, str | None, bytes]] = []
 
@@ -336,10 +303,7 @@ async def test_request_bodies_stream_upstream(aiohttp_server, make_proxy: MakePr
         )
         return web.Response(text="stored")
 
-    app = web.Application()
-    app.router.add_post("/", upload)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(upload, method="POST")
 
     async def body():
         yield b"part one;"
@@ -390,16 +354,11 @@ async def test_content_length_is_kept_and_head_204_304_carry_no_body(
         assert b"Transfer-Encoding" not in data
 
 
-async def test_redirects_are_passed_through_not_followed(
-    aiohttp_server, make_proxy: MakeProxy
-) -> None:
+async def test_redirects_are_passed_through_not_followed(proxy_to: ProxyTo) -> None:
     async def redirect(_: web.Request) -> web.Response:
         raise web.HTTPFound("/elsewhere")
 
-    app = web.Application()
-    app.router.add_get("/", redirect)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(redirect)
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/"), allow_redirects=False) as r:
         assert r.status == 302
         assert r.headers["Location"] == "/elsewhere"
@@ -421,48 +380,22 @@ async def test_a_refusing_upstream_is_a_502(make_proxy: MakeProxy) -> None:
 
 
 async def test_no_response_headers_within_read_timeout_is_a_504(make_proxy: MakeProxy) -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        await reader.read()  # says nothing until the proxy gives up and closes
-        writer.close()
-
-    up = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = up.sockets[0].getsockname()[1]
-    async with up:
-        upstreams = {"up": {"targets": [f"http://127.0.0.1:{port}"], "read_timeout": "300ms"}}
+    async with raw_upstream(silent) as up:
+        upstreams = {"up": {"targets": [up.origin], "read_timeout": "300ms"}}
         proxy = await make_proxy(upstreams, ROUTE)
-        async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
-            assert r.status == 504
-            assert (await r.json())["error"] == "upstream_timeout"
+        await assert_upstream_timeout(proxy.url("/"))
     log = await proxy.until_logged()
     assert log[0]["outcome"] == "timeout"
 
 
 async def test_a_connect_timeout_is_a_504(make_proxy: MakeProxy) -> None:
-    # A listener that never accepts, with its backlog full: further connects hang.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(4):
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", port))
-            fillers.append(s)
-        upstreams = {"up": {"targets": [f"http://127.0.0.1:{port}"], "connect_timeout": "300ms"}}
+    with blackhole() as target:
+        upstreams = {"up": {"targets": [target], "connect_timeout": "300ms"}}
         proxy = await make_proxy(upstreams, ROUTE)
-        async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
-            assert r.status == 504
-            assert (await r.json())["error"] == "upstream_timeout"
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
+        await assert_upstream_timeout(proxy.url("/"))
 
 
-async def test_request_bodies_over_the_limit_get_413(aiohttp_server, make_proxy: MakeProxy) -> None:
+async def test_request_bodies_over_the_limit_get_413(proxy_to: ProxyTo) -> None:
     received: list[int] = []
 
     async def upload(request: web.Request) -> web.Response:
@@ -472,10 +405,7 @@ async def test_request_bodies_over_the_limit_get_413(aiohttp_server, make_proxy:
             received.append(-1)
         return web.Response(text="stored")
 
-    app = web.Application()
-    app.router.add_post("/", upload)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE, max_request_body=1000)
+    proxy = await proxy_to(upload, method="POST", max_request_body=1000)
     async with aiohttp.ClientSession() as s:
         async with s.post(proxy.url("/"), data=b"x" * 1001) as r:
             assert r.status == 413
@@ -509,32 +439,20 @@ async def test_request_bodies_over_the_limit_get_413(aiohttp_server, make_proxy:
     ],
 )
 async def test_connect_absolute_form_and_dot_segments_get_400(
-    aiohttp_server, make_proxy: MakeProxy, request_line: bytes
+    proxy_to: ProxyTo, request_line: bytes
 ) -> None:
-    hits: list[str] = []
-
-    async def record(request: web.Request) -> web.Response:
-        hits.append(request.raw_path)
-        return web.Response(text="reached")
-
-    app = web.Application()
-    app.router.add_route("*", "/{t:.*}", record)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy, hits = await recording_proxy(proxy_to)
     data = await raw_exchange(proxy.port, request_line + b"\r\nHost: x\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 400"), data[:100]
     assert b'"error": "bad_request"' in data
     assert hits == []
 
 
-async def test_dots_inside_names_are_fine(aiohttp_server, make_proxy: MakeProxy) -> None:
+async def test_dots_inside_names_are_fine(proxy_to: ProxyTo) -> None:
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text=request.raw_path)
 
-    app = web.Application()
-    app.router.add_route("*", "/{t:.*}", ok)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(ok, "/{t:.*}", method="*")
     for path in ("/file.txt", "/.well-known/x", "/a/...", "/v1.2/..x"):
         data = await raw_exchange(
             proxy.port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
@@ -542,9 +460,7 @@ async def test_dots_inside_names_are_fine(aiohttp_server, make_proxy: MakeProxy)
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(path.encode())
 
 
-async def test_client_disconnect_releases_the_upstream_at_once(
-    aiohttp_server, make_proxy: MakeProxy
-) -> None:
+async def test_client_disconnect_releases_the_upstream_at_once(proxy_to: ProxyTo) -> None:
     upstream_gone = asyncio.Event()
 
     async def endless(request: web.Request) -> web.StreamResponse:
@@ -561,10 +477,7 @@ async def test_client_disconnect_releases_the_upstream_at_once(
                 upstream_gone.set()
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", endless)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(endless)
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     await read_head(reader)
@@ -576,7 +489,7 @@ async def test_client_disconnect_releases_the_upstream_at_once(
 
 
 async def test_a_chunk_followed_by_a_one_second_sleep_arrives_within_100_ms(
-    aiohttp_server, make_proxy: MakeProxy
+    proxy_to: ProxyTo,
 ) -> None:
     loop = asyncio.get_running_loop()
     sent_at: list[float] = []
@@ -590,10 +503,7 @@ async def test_a_chunk_followed_by_a_one_second_sleep_arrives_within_100_ms(
         await resp.write(b"after the sleep\n")
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", sleepy)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(sleepy)
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
         assert await asyncio.wait_for(r.content.readuntil(b"\n"), 1.0) == b"chunk\n"
         # Upstream and client share this event loop's clock.

@@ -259,17 +259,35 @@ def chat_extra(event: tuple[str, Any], following: Any) -> bool:
     return choice["index"] in ending and choice["finish_reason"] is None
 
 
+async def assert_texts_relayed(
+    data: st.DataObject,
+    streams: Any,
+    texts_of: Any,
+    blank: Any,
+    extra: Any,
+    text: str,
+    chain: str,
+) -> tuple[bytes, dict[Any, str]]:
+    """A stream drawn from ``streams`` run through ``chain`` in drawn chunks: every text
+    (``texts_of`` the events out) is its reference and the events align with the ones in.
+    The output and the texts drawn."""
+    events, texts = data.draw(streams)
+    body = b"".join(events)
+    out = await run(data.draw(chunkings(body)), text, chain)
+    got = parsed_events(out)
+    assert texts_of(got) == {k: reference(v, chain) for k, v in texts.items()}
+    align(got, parsed_events(body), blank, extra)
+    return out, texts
+
+
 @pytest.mark.parametrize("text", ["openai", "auto"])
 @pytest.mark.parametrize("chain", ["redact", "redact+hold"])
 @SETTINGS
 @given(data=st.data())
 async def test_openai_chat_streams(text: str, chain: str, data: st.DataObject) -> None:
-    events, texts = data.draw(chat_streams())
-    body = b"".join(events)
-    out = await run(data.draw(chunkings(body)), text, chain)
-    got = parsed_events(out)
-    assert chat_texts(got) == {k: reference(v, chain) for k, v in texts.items()}
-    align(got, parsed_events(body), blank_chat, chat_extra)
+    out, texts = await assert_texts_relayed(
+        data, chat_streams(), chat_texts, blank_chat, chat_extra, text, chain
+    )
     no_leak(out, [reference(v, chain) for v in texts.values()])
 
 
@@ -408,12 +426,9 @@ def anthropic_extra(event: tuple[str, Any], following: Any) -> bool:
 @SETTINGS
 @given(data=st.data())
 async def test_anthropic_streams(text: str, chain: str, data: st.DataObject) -> None:
-    events, texts = data.draw(anthropic_streams())
-    body = b"".join(events)
-    out = await run(data.draw(chunkings(body)), text, chain)
-    got = parsed_events(out)
-    assert anthropic_texts(got) == {k: reference(v, chain) for k, v in texts.items()}
-    align(got, parsed_events(body), blank_anthropic, anthropic_extra)
+    await assert_texts_relayed(
+        data, anthropic_streams(), anthropic_texts, blank_anthropic, anthropic_extra, text, chain
+    )
 
 
 # -- Ollama (NDJSON) and Gemini (SSE) ------------------------------------------------------

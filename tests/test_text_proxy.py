@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from plugins.redact import redact_reference
 
-from .conftest import MakeProxy, origin, raw_exchange
+from .conftest import MakeProxy, ProxyTo, origin, raw_exchange, serve_one
 from .test_text_sse import whatwg_events
 
 KEY = r"sk-[A-Za-z0-9]{20,}"
@@ -72,9 +72,7 @@ async def test_each_event_reaches_the_client_before_the_upstream_sends_the_next(
         await resp.write(chunk(None, "stop") + b"data: [DONE]\n\n")
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, handler, "/v1/chat/completions", "POST")
     proxy = await make_proxy({"up": [origin(up)]}, route(text="openai"))
     async with (
         asyncio.timeout(10),
@@ -123,9 +121,7 @@ async def test_a_sample_of_random_splits_through_the_proxy_matches_the_reference
             cut += step
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, handler)
     proxy = await make_proxy({"up": [origin(up)]}, route())  # text: auto
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
         out = await r.read()
@@ -148,9 +144,7 @@ async def test_data_that_is_not_json_aborts_the_stream_as_a_transform_error(
         await resp.write(chunk("after"))
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, handler)
     proxy = await make_proxy({"up": [origin(up)]}, route(text="openai"))
     data = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")
@@ -193,16 +187,13 @@ async def test_a_plain_sse_stream_stays_valid_sse_under_tag_lines_and_redact(
         assert line == b"" or line.split(b":", 1)[0] in (b"id", b"data")
 
 
-async def test_an_event_transform_through_the_proxy(aiohttp_server, make_proxy: MakeProxy) -> None:
+async def test_an_event_transform_through_the_proxy(proxy_to: ProxyTo) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(b"event: ping\ndata: {}\n\nevent: shout\ndata: hello\n\n")
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    up = await aiohttp_server(app)
     routes = [
         {
             "name": "ev",
@@ -212,7 +203,7 @@ async def test_an_event_transform_through_the_proxy(aiohttp_server, make_proxy: 
             "transforms": [{"tests.sample_plugins:DropPings": {}}],
         }
     ]
-    proxy = await make_proxy({"up": [origin(up)]}, routes)
+    proxy = await proxy_to(handler, routes=routes)
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
         assert await r.read() == b"event: shout\ndata: HELLO\n\nevent: end\ndata: bye\n\n"
 
@@ -250,9 +241,7 @@ async def test_the_transform_command_reads_the_route_text(tmp_path: Path) -> Non
     assert text == "my [REDACTED] ok"
 
 
-async def test_a_request_body_that_does_not_parse_gets_400(
-    aiohttp_server, make_proxy: MakeProxy
-) -> None:
+async def test_a_request_body_that_does_not_parse_gets_400(proxy_to: ProxyTo) -> None:
     received: list[bytes] = []
 
     async def handler(request: web.Request) -> web.Response:
@@ -262,11 +251,8 @@ async def test_a_request_body_that_does_not_parse_gets_400(
             received.append(b"<cut>")
         return web.json_response({})
 
-    app = web.Application()
-    app.router.add_post("/", handler)
-    up = await aiohttp_server(app)
     routes = route(request_text="openai", request_transforms=[{"redact": {"patterns": [KEY]}}])
-    proxy = await make_proxy({"up": [origin(up)]}, routes)
+    proxy = await proxy_to(handler, method="POST", routes=routes)
     async with aiohttp.ClientSession() as s:
         good = {"messages": [{"role": "user", "content": f"my {SECRET}"}]}
         async with s.post(proxy.url("/"), json=good) as r:

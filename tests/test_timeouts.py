@@ -9,40 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, origin, raw_exchange, read_head
-from .support.common import ROUTE
+from .conftest import MakeProxy, origin, raw_exchange, read_head, serve_one
+from .support.common import ROUTE, assert_upstream_timeout, blackhole
+from .support.raw_upstream import raw_upstream, silent
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
-
-
-@contextlib.contextmanager
-def blackhole() -> Iterator[str]:
-    """The origin of a listener that never accepts and whose backlog is full: connects hang."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(4):
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", port))
-            fillers.append(s)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
 
 
 def ticking(interval: float, count: int, stall: asyncio.Event | None = None) -> web.Application:
@@ -94,9 +72,7 @@ async def test_a_connect_timeout_is_a_504_after_connect_timeout_not_read_timeout
         upstreams = {"up": {"targets": [target], "connect_timeout": "300ms", "read_timeout": "20s"}}
         proxy = await make_proxy(upstreams, ROUTE)
         started = time.monotonic()
-        async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
-            assert r.status == 504
-            assert (await r.json())["error"] == "upstream_timeout"
+        await assert_upstream_timeout(proxy.url("/"))
         assert 0.3 <= time.monotonic() - started < 3
     (line,) = await proxy.until_logged()
     assert line["outcome"] == "timeout" and line["status"] == 504
@@ -108,9 +84,7 @@ async def test_a_connect_timeout_is_retried_on_another_target(
     async def ok(_: web.Request) -> web.Response:
         return web.Response(text="live")
 
-    app = web.Application()
-    app.router.add_get("/", ok)
-    live = await aiohttp_server(app)
+    live = await serve_one(aiohttp_server, ok)
     with blackhole() as target:
         upstreams = {"up": {"targets": [target, origin(live)], "connect_timeout": "300ms"}}
         proxy = await make_proxy(upstreams, ROUTE)
@@ -212,23 +186,12 @@ async def test_a_client_that_stops_reading_is_not_upstream_silence(make_proxy: M
 
 
 async def test_a_route_total_before_the_headers_is_a_504(make_proxy: MakeProxy) -> None:
-    async def slow_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                await reader.read()  # says nothing until the proxy gives up and closes
-        writer.close()
-
-    up = await asyncio.start_server(slow_head, "127.0.0.1", 0)
-    port = up.sockets[0].getsockname()[1]
-    async with up:
-        upstreams = {"up": {"targets": [f"http://127.0.0.1:{port}"], "read_timeout": "20s"}}
+    async with raw_upstream(silent) as up:
+        upstreams = {"up": {"targets": [up.origin], "read_timeout": "20s"}}
         routes = [{**ROUTE[0], "timeout": "500ms"}]
         proxy = await make_proxy(upstreams, routes)
         started = time.monotonic()
-        async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
-            assert r.status == 504
-            assert (await r.json())["error"] == "upstream_timeout"
+        await assert_upstream_timeout(proxy.url("/"))
         assert 0.5 <= time.monotonic() - started < 3
     (line,) = await proxy.until_logged()
     assert line["outcome"] == "timeout" and line["status"] == 504

@@ -13,7 +13,7 @@ import pytest
 import trustme
 from aiohttp import WSMsgType, web
 
-from .conftest import MakeProxy
+from .conftest import MakeProxy, Proxy
 from .support.common import ROUTE
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
@@ -81,6 +81,24 @@ async def https_upstream(
     return await aiohttp_server(hello_app(seen), ssl=ctx), ctx
 
 
+async def proxy_to_https(
+    aiohttp_server: Any,
+    make_proxy: MakeProxy,
+    ca: trustme.CA,
+    seen: Seen,
+    tls: dict[str, Any] | None,
+    *names: str,
+    host: str = "127.0.0.1",
+    routes: list[dict[str, Any]] = ROUTE,
+) -> tuple[Proxy, str]:
+    """A proxy (upstream ``tls`` settings, if any) in front of :func:`https_upstream` reached
+    as ``host``: the proxy and the upstream's origin."""
+    up, _ = await https_upstream(aiohttp_server, ca, seen, *names)
+    target = f"https://{host}:{up.port}"
+    upstream = [target] if tls is None else {"targets": [target], "tls": tls}
+    return await make_proxy({"up": upstream}, routes), target
+
+
 async def get(url: str, ssl_ctx: ssl.SSLContext | None = None) -> tuple[int, str, str]:
     async with aiohttp.ClientSession() as s, s.get(url, ssl=ssl_ctx or True) as r:
         return r.status, r.content_type, await r.text()
@@ -90,20 +108,17 @@ async def test_an_https_upstream_is_reached_with_its_ca_file(
     aiohttp_server: Any, make_proxy: MakeProxy, ca: trustme.CA, ca_file: str
 ) -> None:
     seen = Seen()
-    up, _ = await https_upstream(aiohttp_server, ca, seen)
-    upstreams = {"up": {"targets": [f"https://127.0.0.1:{up.port}"], "tls": {"ca_file": ca_file}}}
-    proxy = await make_proxy(upstreams, ROUTE)
+    proxy, target = await proxy_to_https(aiohttp_server, make_proxy, ca, seen, {"ca_file": ca_file})
     assert await get(proxy.url("/a")) == (200, "text/plain", "hello over https")
     (line,) = await proxy.until_logged()
-    assert line["target"] == f"https://127.0.0.1:{up.port}"
+    assert line["target"] == target
 
 
 async def test_an_untrusted_upstream_certificate_gives_a_502_by_default(
     aiohttp_server: Any, make_proxy: MakeProxy, ca: trustme.CA
 ) -> None:
     seen = Seen()
-    up, _ = await https_upstream(aiohttp_server, ca, seen)
-    proxy = await make_proxy({"up": [f"https://127.0.0.1:{up.port}"]}, ROUTE)
+    proxy, _ = await proxy_to_https(aiohttp_server, make_proxy, ca, seen, None)
     status, content_type, body = await get(proxy.url("/a"))
     assert (status, content_type) == (502, "application/json")
     error = json.loads(body)
@@ -116,9 +131,9 @@ async def test_a_certificate_for_another_name_gives_a_502(
     aiohttp_server: Any, make_proxy: MakeProxy, ca: trustme.CA, ca_file: str
 ) -> None:
     seen = Seen()
-    up, _ = await https_upstream(aiohttp_server, ca, seen, "other.example")
-    upstreams = {"up": {"targets": [f"https://127.0.0.1:{up.port}"], "tls": {"ca_file": ca_file}}}
-    proxy = await make_proxy(upstreams, ROUTE)
+    proxy, _ = await proxy_to_https(
+        aiohttp_server, make_proxy, ca, seen, {"ca_file": ca_file}, "other.example"
+    )
     status, _, body = await get(proxy.url("/a"))
     assert status == 502
     assert json.loads(body)["error"] == "upstream_unavailable"
@@ -129,9 +144,9 @@ async def test_verify_false_accepts_an_untrusted_certificate(
     aiohttp_server: Any, make_proxy: MakeProxy, ca: trustme.CA
 ) -> None:
     seen = Seen()
-    up, _ = await https_upstream(aiohttp_server, ca, seen, "other.example")
-    upstreams = {"up": {"targets": [f"https://127.0.0.1:{up.port}"], "tls": {"verify": False}}}
-    proxy = await make_proxy(upstreams, ROUTE)
+    proxy, _ = await proxy_to_https(
+        aiohttp_server, make_proxy, ca, seen, {"verify": False}, "other.example"
+    )
     assert await get(proxy.url("/a")) == (200, "text/plain", "hello over https")
 
 
@@ -139,10 +154,17 @@ async def test_sni_is_the_target_host_even_when_the_clients_host_is_preserved(
     aiohttp_server: Any, make_proxy: MakeProxy, ca: trustme.CA, ca_file: str
 ) -> None:
     seen = Seen()
-    up, _ = await https_upstream(aiohttp_server, ca, seen, "localhost")
-    upstreams = {"up": {"targets": [f"https://localhost:{up.port}"], "tls": {"ca_file": ca_file}}}
     routes = [{**ROUTE[0], "preserve_host": True}]
-    proxy = await make_proxy(upstreams, routes)
+    proxy, _ = await proxy_to_https(
+        aiohttp_server,
+        make_proxy,
+        ca,
+        seen,
+        {"ca_file": ca_file},
+        "localhost",
+        host="localhost",
+        routes=routes,
+    )
     async with aiohttp.ClientSession() as s:
         async with s.get(proxy.url("/a"), headers={"Host": "public.example"}) as r:
             assert r.status == 200
@@ -155,9 +177,7 @@ async def test_a_websocket_reaches_a_wss_upstream(
     aiohttp_server: Any, make_proxy: MakeProxy, ca: trustme.CA, ca_file: str
 ) -> None:
     seen = Seen()
-    up, _ = await https_upstream(aiohttp_server, ca, seen)
-    upstreams = {"up": {"targets": [f"https://127.0.0.1:{up.port}"], "tls": {"ca_file": ca_file}}}
-    proxy = await make_proxy(upstreams, ROUTE)
+    proxy, _ = await proxy_to_https(aiohttp_server, make_proxy, ca, seen, {"ca_file": ca_file})
     async with aiohttp.ClientSession() as s, s.ws_connect(proxy.url("/ws")) as ws:
         await ws.send_str("hi")
         msg = await ws.receive(timeout=5)
@@ -173,14 +193,21 @@ def listener_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
     return {"cert": str(cert_file), "key": str(key_file)}
 
 
+async def tls_listener(
+    aiohttp_server: Any, make_proxy: MakeProxy, ca: trustme.CA, tmp_path: Path, seen: Seen
+) -> Proxy:
+    """A proxy listening with TLS (a certificate of ``ca``) in front of a plain http upstream."""
+    up = await aiohttp_server(hello_app(seen))
+    return await make_proxy(
+        {"up": [f"http://127.0.0.1:{up.port}"]}, ROUTE, tls=listener_files(ca, tmp_path)
+    )
+
+
 async def test_the_tls_listener_serves_https_and_says_so_upstream(
     aiohttp_server: Any, make_proxy: MakeProxy, ca: trustme.CA, tmp_path: Path
 ) -> None:
     seen = Seen()
-    up = await aiohttp_server(hello_app(seen))
-    proxy = await make_proxy(
-        {"up": [f"http://127.0.0.1:{up.port}"]}, ROUTE, tls=listener_files(ca, tmp_path)
-    )
+    proxy = await tls_listener(aiohttp_server, make_proxy, ca, tmp_path, seen)
     url = f"https://127.0.0.1:{proxy.port}/a"
     assert await get(url, client_context(ca)) == (200, "text/plain", "hello over http")
     assert seen.headers[0]["X-Forwarded-Proto"] == "https"
@@ -193,10 +220,7 @@ async def test_a_websocket_through_the_tls_listener(
     aiohttp_server: Any, make_proxy: MakeProxy, ca: trustme.CA, tmp_path: Path
 ) -> None:
     seen = Seen()
-    up = await aiohttp_server(hello_app(seen))
-    proxy = await make_proxy(
-        {"up": [f"http://127.0.0.1:{up.port}"]}, ROUTE, tls=listener_files(ca, tmp_path)
-    )
+    proxy = await tls_listener(aiohttp_server, make_proxy, ca, tmp_path, seen)
     async with aiohttp.ClientSession() as s:
         url = f"wss://127.0.0.1:{proxy.port}/ws"
         async with s.ws_connect(url, ssl=client_context(ca)) as ws:

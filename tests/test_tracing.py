@@ -25,7 +25,16 @@ from proxy.accesslog import AccessLog
 from proxy.config.models import ConfigError, validate_data
 from proxy.server.listener import ProxyServer
 
-from .conftest import ROOT, Proxy, origin, proxy_config, start_proxy_process, stop_process
+from .conftest import (
+    ROOT,
+    MakeProxy,
+    Proxy,
+    origin,
+    proxy_config,
+    serve_one,
+    start_proxy_process,
+    stop_process,
+)
 from .support.otlp import Receiver
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -47,24 +56,16 @@ TracedProxy = Callable[..., Awaitable[Proxy]]
 
 
 @pytest.fixture
-async def traced_proxy() -> AsyncIterator[TracedProxy]:
-    started: list[ProxyServer] = []
+def traced_proxy(make_proxy: MakeProxy) -> TracedProxy:
+    """``make_proxy`` with a ``tracing:`` section (or none)."""
 
     async def factory(
         upstreams: dict[str, Any], routes: list[dict[str, Any]], tracing: dict[str, Any] | None
     ) -> Proxy:
-        data = proxy_config(upstreams, routes)
-        if tracing is not None:
-            data["tracing"] = tracing
-        log = io.StringIO()
-        srv = ProxyServer(validate_data(data), access_log=AccessLog(stream=log))
-        await srv.start()
-        started.append(srv)
-        return Proxy(srv, log)
+        sections = None if tracing is None else {"tracing": tracing}
+        return await make_proxy(upstreams, routes, sections)
 
-    yield factory
-    for srv in started:
-        await srv.stop()
+    return factory
 
 
 async def flush(proxy: Proxy) -> None:
@@ -202,9 +203,7 @@ async def test_a_long_stream_is_one_span_that_ends_with_the_body(
         await resp.write(b"data: end\n\n")
         return resp
 
-    app = web.Application()
-    app.router.add_get("/stream", sse)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, sse, "/stream")
     proxy = await traced_proxy(
         {"llm": [origin(up)]},
         [{"upstream": "llm", "text": "sse"}],
@@ -393,9 +392,7 @@ async def test_a_websocket_session_is_one_server_and_one_client_span(
             await ws.send_str(msg.data)
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws", echo)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, echo, "/ws")
     proxy = await traced_proxy(
         {"api": [origin(up)]},
         [{"upstream": "api", "headers": {"request": {"set": {"X-Api-Key": "k"}}}}],

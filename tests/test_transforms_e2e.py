@@ -11,7 +11,8 @@ from aiohttp import web
 from plugins.redact import redact_reference
 from plugins.tag_lines import tag_lines_reference
 
-from .conftest import MakeProxy, origin
+from .conftest import MakeProxy, ProxyTo, origin, serve_one
+from .support.common import paused_stream
 
 PATTERNS = [r"(?i)password=\S+", r"sk-[A-Za-z0-9-]{8,}", r"abcd|ab", r"\bkey\b"]
 TAG = "[{upstream}:{route} {n}] "
@@ -74,9 +75,7 @@ async def test_output_equals_the_whole_body_reference_for_sampled_chunkings(
             await asyncio.sleep(0)
         return resp
 
-    app = web.Application()
-    app.router.add_get("/{key}", serve)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, serve, "/{key}")
     proxy = await make_proxy({"up": [origin(up)]}, routes())
     rng = random.Random(20261126)
     async with aiohttp.ClientSession() as s:
@@ -91,22 +90,18 @@ async def test_output_equals_the_whole_body_reference_for_sampled_chunkings(
 
 
 async def test_text_that_cannot_start_a_match_arrives_before_the_pause_ends(
-    aiohttp_server, make_proxy: MakeProxy
+    proxy_to: ProxyTo,
 ) -> None:
     release = asyncio.Event()
 
-    async def serve(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
-        await resp.write(b"nothing secret here, ")
-        async with asyncio.timeout(5):
-            await release.wait()  # the upstream pauses until the client has the text
-        await resp.write(b"password=hunter2 done\n")
-        return resp
+    # The upstream pauses until the client has the text.
+    serve = paused_stream(
+        b"nothing secret here, ",
+        b"password=hunter2 done\n",
+        release,
+        headers={"Content-Type": "text/plain"},
+    )
 
-    app = web.Application()
-    app.router.add_get("/", serve)
-    up = await aiohttp_server(app)
     routes = [
         {
             "name": "r",
@@ -114,7 +109,7 @@ async def test_text_that_cannot_start_a_match_arrives_before_the_pause_ends(
             "transforms": [{"redact": {"patterns": [r"(?i)password=\S+"]}}],
         }
     ]
-    proxy = await make_proxy({"up": [origin(up)]}, routes)
+    proxy = await proxy_to(serve, routes=routes)
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
         got = b""
         async with asyncio.timeout(1):
@@ -125,25 +120,15 @@ async def test_text_that_cannot_start_a_match_arrives_before_the_pause_ends(
         assert got + await r.content.read() == b"nothing secret here, [REDACTED] done\n"
 
 
-async def test_a_partial_line_arrives_tagged_before_its_newline(
-    aiohttp_server, make_proxy: MakeProxy
-) -> None:
+async def test_a_partial_line_arrives_tagged_before_its_newline(proxy_to: ProxyTo) -> None:
     release = asyncio.Event()
 
-    async def serve(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
-        await resp.write(b"first li")
-        async with asyncio.timeout(5):
-            await release.wait()
-        await resp.write(b"ne\nsecond\n")
-        return resp
+    serve = paused_stream(
+        b"first li", b"ne\nsecond\n", release, headers={"Content-Type": "text/plain"}
+    )
 
-    app = web.Application()
-    app.router.add_get("/", serve)
-    up = await aiohttp_server(app)
     routes = [{"name": "r", "upstream": "up", "transforms": [{"tag_lines": {"tag": "#{n} "}}]}]
-    proxy = await make_proxy({"up": [origin(up)]}, routes)
+    proxy = await proxy_to(serve, routes=routes)
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/")) as r:
         got = b""
         async with asyncio.timeout(1):

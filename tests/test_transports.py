@@ -8,7 +8,7 @@ from aiohttp import web
 
 from proxy.config.models import ConfigError, validate_data
 
-from .conftest import MakeProxy, origin, proxy_config
+from .conftest import MakeProxy, origin, proxy_config, serve_one
 from .support.common import ROUTE
 from .support.forward_proxy import ForwardProxy
 
@@ -21,9 +21,7 @@ async def echo(request: web.Request) -> web.Response:
 async def test_an_upstream_behind_a_forward_proxy_is_reached_through_it(
     aiohttp_server, make_proxy: MakeProxy
 ) -> None:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, echo, "/{tail:.*}", "*")
     async with ForwardProxy() as forward:
         upstreams = {"up": {"targets": [origin(up)], "client": "aiohttp", "proxy": forward.url}}
         proxy = await make_proxy(upstreams, ROUTE)

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
-from .conftest import MakeProxy, Proxy, origin, read_head
+from .conftest import MakeProxy, Proxy, ProxyTo, origin, read_head, serve_one
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
@@ -127,9 +127,7 @@ async def test_ping_reaches_the_upstream_and_its_pong_the_client(
     assert (WSMsgType.PING, b"are you there", "") in [(k, d, e or "") for k, d, e in seen.messages]
 
 
-async def test_an_upstream_ping_reaches_the_client(
-    aiohttp_server: Any, make_proxy: MakeProxy
-) -> None:
+async def test_an_upstream_ping_reaches_the_client(proxy_to: ProxyTo) -> None:
     pongs: list[bytes] = []
     got_pong = asyncio.Event()
 
@@ -143,10 +141,7 @@ async def test_an_upstream_ping_reaches_the_client(
                 got_pong.set()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/", pinger)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(pinger)
     async with aiohttp.ClientSession() as s:
         async with s.ws_connect(proxy.url("/"), autoping=False) as ws:
             msg = await receive(ws)
@@ -261,16 +256,11 @@ def handshake_headers() -> dict[str, str]:
     }
 
 
-async def test_an_upstream_refusing_the_upgrade_gives_a_502_json_error(
-    aiohttp_server: Any, make_proxy: MakeProxy
-) -> None:
+async def test_an_upstream_refusing_the_upgrade_gives_a_502_json_error(proxy_to: ProxyTo) -> None:
     async def refuse(request: web.Request) -> web.Response:
         return web.Response(status=403, text="no websockets here")
 
-    app = web.Application()
-    app.router.add_get("/", refuse)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(refuse)
     async with aiohttp.ClientSession() as s:
         async with s.get(proxy.url("/"), headers=handshake_headers()) as r:
             assert r.status == 502
@@ -330,9 +320,7 @@ async def test_a_vanished_client_closes_the_upstream_side(
     assert proxy.server.runtime.upstreams["up"].targets[0].outstanding == 0
 
 
-async def test_a_vanished_upstream_closes_the_client_side(
-    aiohttp_server: Any, make_proxy: MakeProxy
-) -> None:
+async def test_a_vanished_upstream_closes_the_client_side(proxy_to: ProxyTo) -> None:
     async def vanish(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -341,10 +329,7 @@ async def test_a_vanished_upstream_closes_the_client_side(
         request.transport.abort()  # gone without a close frame
         return ws
 
-    app = web.Application()
-    app.router.add_get("/", vanish)
-    up = await aiohttp_server(app)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+    proxy = await proxy_to(vanish)
     async with aiohttp.ClientSession() as s, s.ws_connect(proxy.url("/")) as ws:
         await ws.send_str("go away")
         msg = await asyncio.wait_for(ws.receive(), 1.0)
@@ -422,9 +407,7 @@ async def test_an_upstream_silent_past_read_timeout_gives_a_504(
                 await release.wait()
         return web.Response(status=500)
 
-    app = web.Application()
-    app.router.add_get("/", silent)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, silent)
     upstreams = {"up": {"targets": [origin(up)], "read_timeout": "200ms"}}
     proxy = await make_proxy(upstreams, ROUTE)
     try:
@@ -447,9 +430,7 @@ async def test_upgrades_are_refused_on_routes_with_transforms(aiohttp_server, ma
         await ws.close()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws", ws_handler)
-    up = await aiohttp_server(app)
+    up = await serve_one(aiohttp_server, ws_handler, "/ws")
     routes = [
         {
             "name": "t",

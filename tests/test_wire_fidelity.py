@@ -20,7 +20,7 @@ import pytest
 from .conftest import MakeProxy, Proxy, only_native
 from .support.common import ROUTE
 from .support.raw_upstream import RawUpstream, Reply, raw_upstream, reset
-from .test_fault_injection import sends
+from .test_fault_injection import relay_once
 from .test_hardening import assert_json_error, exchange, parse_answers
 
 OBS_TEXT = (
@@ -58,9 +58,7 @@ async def test_a_body_without_content_type_gets_none_and_no_server_header(
     make_proxy: MakeProxy,
 ) -> None:
     data = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n\x89PNG"
-    async with raw_upstream(sends(data)) as up:
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, data)
     head = head_of(result.data)
     names = header_names(head)
     assert b"content-type" not in names, head
@@ -74,9 +72,7 @@ async def test_the_upstreams_date_and_server_are_kept_as_they_are(make_proxy: Ma
         b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nServer: origin/1\r\n"
         b"Content-Length: 2\r\n\r\nok"
     )
-    async with raw_upstream(sends(data)) as up:
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, data)
     head = head_of(result.data)
     assert head.count(b"\r\nDate: ") == 1 and b"\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n" in head
     assert head.count(b"\r\nServer: ") == 1 and b"\r\nServer: origin/1\r\n" in head
@@ -84,9 +80,7 @@ async def test_the_upstreams_date_and_server_are_kept_as_they_are(make_proxy: Ma
 
 async def test_a_chunked_body_without_content_type_gets_none(make_proxy: MakeProxy) -> None:
     data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
-    async with raw_upstream(sends(data)) as up:
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, data)
     names = header_names(head_of(result.data))
     assert b"content-type" not in names and b"server" not in names
 
@@ -114,9 +108,7 @@ async def test_obs_text_in_a_response_header_is_relayed_byte_for_byte(
     make_proxy: MakeProxy, value: bytes
 ) -> None:
     data = b"HTTP/1.1 200 OK\r\nContent-Disposition: " + value + b"\r\nContent-Length: 2\r\n\r\nok"
-    async with raw_upstream(sends(data)) as up:
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, data)
     head = head_of(result.data)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
     assert b"\r\nContent-Disposition: " + value + b"\r\n" in head
@@ -127,9 +119,7 @@ async def test_obs_text_in_the_reason_phrase_is_relayed_byte_for_byte(
     make_proxy: MakeProxy,
 ) -> None:
     data = b"HTTP/1.1 200 Tr\xe8s bien\r\nContent-Length: 2\r\n\r\nok"
-    async with raw_upstream(sends(data)) as up:
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, data)
     assert result.data.startswith(b"HTTP/1.1 200 Tr\xe8s bien\r\n"), result.data[:100]
 
 
@@ -138,9 +128,7 @@ async def test_a_control_byte_in_a_response_header_is_a_502(
     make_proxy: MakeProxy, byte: bytes
 ) -> None:
     data = b"HTTP/1.1 200 OK\r\nX-A: a" + byte + b"b\r\nContent-Length: 2\r\n\r\nok"
-    async with raw_upstream(sends(data)) as up:
-        proxy = await start(make_proxy, up)
-        result = await exchange(proxy.port, GET)
+    result = await relay_once(make_proxy, data)
     (answer,) = parse_answers(result.data)
     assert_json_error(answer, 502)
 
@@ -418,9 +406,9 @@ async def test_a_connection_that_answered_early_is_reused_once_both_sides_ended(
         assert up.connections == 1  # the whole body went, the response ended: kept alive
 
 
-def answers_401_unread(*, rst: bool, done: asyncio.Event | None = None) -> Reply:
-    """A 401 once some of the body came, the rest never read; then a reset, or the connection
-    kept open (unread) until ``done``."""
+def answers_early(data: bytes, *, rst: bool, done: asyncio.Event | None = None) -> Reply:
+    """``data`` once some of the body came, the rest never read; then a reset, or the
+    connection kept open (unread) until ``done``."""
 
     async def reply(
         up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
@@ -428,10 +416,7 @@ def answers_401_unread(*, rst: bool, done: asyncio.Event | None = None) -> Reply
         await up.read_request(reader)
         async with asyncio.timeout(5):
             await reader.readexactly(2**16)  # the upload is under way
-        writer.write(
-            b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n"
-            b"WWW-Authenticate: Bearer\r\n\r\ndenied"
-        )
+        writer.write(data)
         if rst:
             reset(writer)
             return
@@ -441,6 +426,17 @@ def answers_401_unread(*, rst: bool, done: asyncio.Event | None = None) -> Reply
             await done.wait()
 
     return reply
+
+
+def answers_401_unread(*, rst: bool, done: asyncio.Event | None = None) -> Reply:
+    """A 401 once some of the body came, the rest never read; then a reset, or the connection
+    kept open (unread) until ``done``."""
+    return answers_early(
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n"
+        b"WWW-Authenticate: Bearer\r\n\r\ndenied",
+        rst=rst,
+        done=done,
+    )
 
 
 async def test_an_early_401_then_a_reset_under_the_upload_is_a_401(
@@ -586,15 +582,9 @@ async def test_an_early_answer_cut_by_a_reset_under_the_upload_is_relayed_as_cut
 ) -> None:
     only_native(upstream_client, HEAD_UNDER_RESET)
 
-    async def reply(
-        up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
-    ) -> None:
-        await up.read_request(reader)
-        async with asyncio.timeout(5):
-            await reader.readexactly(2**16)  # the upload is under way
-        writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 100\r\n\r\ntoo large")
-        reset(writer)
-
+    reply = answers_early(
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 100\r\n\r\ntoo large", rst=True
+    )
     async with raw_upstream(reply) as up:
         proxy = await start(make_proxy, up)
         results = await asyncio.gather(*(upload(proxy.port, 8 * 2**20) for _ in range(12)))

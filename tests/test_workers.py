@@ -9,26 +9,13 @@ from pathlib import Path
 import aiohttp
 
 from .conftest import start_proxy_process, stop_process
-from .test_operations import free_port
+from .support.common import demo_config
 
 
 async def test_two_workers_share_the_port_add_up_metrics_and_drain_together(
     tmp_path: Path,
 ) -> None:
-    port, admin, demo = free_port(), free_port(), free_port()
-    config = tmp_path / "proxy.yaml"
-    config.write_text(
-        f"""
-server: {{host: 127.0.0.1, port: {port}, workers: 2, shutdown_grace: 10s}}
-admin: {{host: 127.0.0.1, port: {admin}}}
-demo: {{host: 127.0.0.1, port: {demo}, interval: 50ms}}
-upstreams:
-  demo: {{targets: ["http://127.0.0.1:{demo}"]}}
-routes:
-  - name: demo
-    upstream: demo
-"""
-    )
+    config, port, admin = demo_config(tmp_path, workers=2)
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     # Two workers and the supervisor each say "listening".

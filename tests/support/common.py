@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
+
+import aiohttp
+from aiohttp import web
 
 # One route taking every request to the upstream named "up".
 ROUTE: list[dict[str, Any]] = [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "up"}]
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def paused_stream(
+    first: bytes,
+    then: bytes,
+    release: asyncio.Event,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 5.0,
+) -> Handler:
+    """A handler that streams ``first``, waits (bounded by ``timeout``) until ``release`` is
+    set, then sends ``then`` (if any) and ends the response."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)
+        await resp.write(first)
+        async with asyncio.timeout(timeout):
+            await release.wait()
+        if then:
+            await resp.write(then)
+        return resp
+
+    return handler
+
+
+async def assert_upstream_timeout(url: str) -> None:
+    """A GET of ``url`` gets the proxy's 504 ``upstream_timeout``."""
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        assert r.status == 504
+        assert (await r.json())["error"] == "upstream_timeout"
 
 
 def free_port() -> int:
@@ -30,3 +71,44 @@ def find_sample(text: str, name: str, **labels: str) -> float | None:
         if got == labels:
             return float(value)
     return None
+
+
+@contextlib.contextmanager
+def blackhole() -> Iterator[str]:
+    """The origin of a listener that never accepts and whose backlog is full: connects hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+def demo_config(tmp_path: Path, grace: str = "10s", workers: int = 1) -> tuple[Path, int, int]:
+    """A proxy.yaml in ``tmp_path`` routing everything to the built-in demo upstream, on free
+    ports: its path, the proxy's port and the admin port."""
+    port, admin, demo = free_port(), free_port(), free_port()
+    path = tmp_path / "proxy.yaml"
+    path.write_text(
+        f"""
+server: {{host: 127.0.0.1, port: {port}, workers: {workers}, shutdown_grace: {grace}}}
+admin: {{host: 127.0.0.1, port: {admin}}}
+demo: {{host: 127.0.0.1, port: {demo}, interval: 50ms}}
+upstreams:
+  demo: {{targets: ["http://127.0.0.1:{demo}"]}}
+routes:
+  - name: demo
+    upstream: demo
+"""
+    )
+    return path, port, admin

@@ -338,6 +338,19 @@ def _usage(completion_tokens: int) -> dict[str, Any]:
     }
 
 
+def _chat_chunk(model: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ``chat.completion.chunk`` with these choices, as OpenAI sends it."""
+    return {
+        "id": CHAT_ID,
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": model,
+        "service_tier": "default",
+        "system_fingerprint": FINGERPRINT,
+        "choices": choices,
+    }
+
+
 async def _chat_completions(request: web.Request, body: Any) -> web.StreamResponse:
     script = request.app[SCRIPT]
     model = script.model or str(body.get("model") or "gpt-4o-mini-2024-07-18")
@@ -389,34 +402,15 @@ async def _chat_completions(request: web.Request, body: Any) -> web.StreamRespon
     count = 0
     for index, delta, finish in _interleave(queues, rng):
         count += 1
-        chunk: dict[str, Any] = {
-            "id": CHAT_ID,
-            "object": "chat.completion.chunk",
-            "created": CREATED,
-            "model": model,
-            "service_tier": "default",
-            "system_fingerprint": FINGERPRINT,
-            "choices": [
-                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-            ],
-        }
+        chunk = _chat_chunk(
+            model, [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        )
         if include_usage:
             chunk["usage"] = None
         chunk["obfuscation"] = _obfuscation(pad)
         await out.sse(chunk)
     if include_usage:
-        await out.sse(
-            {
-                "id": CHAT_ID,
-                "object": "chat.completion.chunk",
-                "created": CREATED,
-                "model": model,
-                "service_tier": "default",
-                "system_fingerprint": FINGERPRINT,
-                "choices": [],
-                "usage": _usage(count),
-            }
-        )
+        await out.sse({**_chat_chunk(model, []), "usage": _usage(count)})
     await out.sse("[DONE]")
     return await out.finish()
 

@@ -67,6 +67,17 @@ async def raw_upstream(reply: Reply) -> AsyncIterator[RawUpstream]:
         await server.wait_closed()
 
 
+async def silent(
+    up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+) -> None:
+    """A reply that reads the request head, then says nothing until the proxy gives up and
+    closes (bounded)."""
+    await up.read_request(reader)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10):
+            await reader.read()
+
+
 def reset(writer: asyncio.StreamWriter) -> None:
     """Close with RST instead of FIN."""
     sock = writer.get_extra_info("socket")
