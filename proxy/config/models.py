@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -105,6 +106,14 @@ def _readable(value: str) -> str:
 ReadableFile = Annotated[str, AfterValidator(_readable)]
 
 
+def _tls_loads(problem: str, load: Callable[[], object]) -> None:
+    """``load()``; an SSL or file error is the config problem ``problem: <error>``."""
+    try:
+        load()
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"{problem}: {exc}") from None
+
+
 class ServerTLS(_Model):
     cert: ReadableFile
     """PEM certificate chain for the TLS listener."""
@@ -113,10 +122,11 @@ class ServerTLS(_Model):
 
     @model_validator(mode="after")
     def _loads(self) -> ServerTLS:
-        try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.cert, self.key)
-        except (ssl.SSLError, OSError) as exc:
-            raise ValueError(f"the certificate and key do not load: {exc}") from None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        _tls_loads(
+            "the certificate and key do not load",
+            lambda: context.load_cert_chain(self.cert, self.key),
+        )
         return self
 
 
@@ -168,10 +178,9 @@ class UpstreamTLS(_Model):
     @classmethod
     def _ca_loads(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                ssl.create_default_context(cafile=value)
-            except (ssl.SSLError, OSError) as exc:
-                raise ValueError(f"the CA file does not load: {exc}") from None
+            _tls_loads(
+                "the CA file does not load", lambda: ssl.create_default_context(cafile=value)
+            )
         return value
 
 
