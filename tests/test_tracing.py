@@ -199,7 +199,8 @@ async def test_a_long_stream_is_one_span_that_ends_with_the_body(
         await resp.prepare(request)
         for i in range(events):
             await resp.write(f"data: {i}\n\n".encode())
-        await release.wait()  # the stream stays open until the test has read every event
+        # the stream stays open until the test has read every event (bounded all the same)
+        await asyncio.wait_for(release.wait(), 30)
         await resp.write(b"data: end\n\n")
         return resp
 
