@@ -369,8 +369,10 @@ _LOOKS = (sre.ASSERT, sre.ASSERT_NOT)
 _LEAD_ATOMS = 8  # how many leading character tests the lead check reads at most
 
 
+@functools.lru_cache(maxsize=256)
 def _disjoint(a: str, b: str, prefix: str) -> bool:
-    """Whether no character at all is matched by both one-character patterns ``a`` and ``b``."""
+    """Whether no character at all is matched by both one-character patterns ``a`` and ``b``
+    (every code point tried once per pair: a reload does not pay it again)."""
     every = "".join(map(chr, range(0x110000)))
     return re.compile(f"{prefix}(?={a}){b}").search(every) is None
 
