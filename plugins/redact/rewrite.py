@@ -407,7 +407,9 @@ def _lead(parsed: Any, flags: int, atom: Callable[[Any, Any], str]) -> re.Patter
     if nodes and nodes[0][0] in _REPEATS and len(nodes[0][1][2]) == 1 and len(nodes) > 1:
         run, follow = one(nodes[0]), one(nodes[1])  # a repeat of one test, then a test
         if run is not None and follow is not None and _disjoint(run, follow, prefix):
-            return re.compile(f"{prefix}{run}+(?:({follow})|\\Z)")
+            # leftmost, a match starts where a run does: the look-behind and the possessive
+            # repeat try each run once, not once per character of it
+            return re.compile(f"{prefix}(?<!{run}){run}++(?:({follow})|\\Z)")
     atoms: list[str] = []
     for op, av in nodes[:_LEAD_ATOMS]:
         test = one((op, av))
