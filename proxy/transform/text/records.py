@@ -15,7 +15,8 @@ import copy
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from proxy.transform.text.jsonvalues import load, paths_of, rewrite, set_path
+from proxy.transform.text.errors import TextFormatError
+from proxy.transform.text.jsonvalues import load, parse, paths_of, rewrite, set_path
 from proxy.transform.text.selectors import Path, Selector
 from proxy.transform.text.sink import TextSink
 from proxy.transform.text.textstream import open_text, transform_whole
@@ -115,8 +116,7 @@ class JsonTexts:
         """``(records to write before it, its new data or None when unchanged)``."""
         if data[:1] != b"{" and data.strip() in SENTINELS:
             return await self.finish(), None
-        doc, obj = load(data)
-        rec = Record(obj, name)
+        rec = Record(parse(data), name)
         policy = self.policy
         texts = policy.texts(rec)
         opened = self._open
@@ -157,6 +157,10 @@ class JsonTexts:
                 old[path] = value
         if not changed:
             return before, None
+        try:
+            doc = data.decode("utf-8")
+        except UnicodeDecodeError:  # pragma: no cover - parse() read it as UTF-8
+            raise TextFormatError("the data is not UTF-8") from None
         return before, rewrite(doc, changed, old).encode("utf-8")
 
     async def _close(self, key: Key, before: list[Record]) -> None:
