@@ -383,7 +383,16 @@ def _literal_stages(
 class RedactStream:
     """One body: bytes in, bytes out (decoding, the chain of stages, encoding, counting)."""
 
-    __slots__ = ("_codec", "_ctx", "_decoder", "_encoder", "_on_bytes", "redactions", "stages")
+    __slots__ = (
+        "_codec",
+        "_ctx",
+        "_decoder",
+        "_encoder",
+        "_on_bytes",
+        "redactions",
+        "stages",
+        "takes_text",
+    )
 
     def __init__(self, specs: Sequence[_Spec], options: Options, ctx: Any = None) -> None:
         codec = codec_for(getattr(ctx, "charset", None))
@@ -404,6 +413,8 @@ class RedactStream:
         else:
             self.stages = [_Stage(s, options.replacement, options.max_match) for s in specs]
         self.redactions = 0
+        # a UTF-8 text can be fed as it is (feed_text): the stages read text, not bytes
+        self.takes_text = codec == "utf-8" and literal is None
 
     @property
     def held(self) -> list[int]:
@@ -416,16 +427,27 @@ class RedactStream:
                 data = literal.feed(data)
             self._count()
             return data
-        text = self._decode(data)
+        text = self.feed_text(self._decode(data))
+        if not text:
+            return b""
+        encoder = self._encoder
+        return text.encode("utf-8", "surrogateescape") if encoder is None else encoder.encode(text)
+
+    def feed_text(self, text: str) -> str:
+        """:meth:`feed` for a stream that :attr:`takes_text`: text in, text out."""
         for stage in self.stages:
             if not text:
                 break
             text = stage.feed(text)
         self._count()
-        if not text:
-            return b""
-        encoder = self._encoder
-        return text.encode("utf-8", "surrogateescape") if encoder is None else encoder.encode(text)
+        return text
+
+    def close_text(self, text: str = "") -> str:
+        """:meth:`close` for a stream that :attr:`takes_text` (``text``: a last piece)."""
+        for stage in self.stages:
+            text = stage.flush(text)
+        self._count()
+        return text
 
     def _decode(self, data: bytes, final: bool = False) -> str:
         decoder = self._decoder
@@ -443,10 +465,7 @@ class RedactStream:
                 data = literal.flush(data)
             self._count()
             return data
-        text = self._decode(b"", final=True)
-        for stage in self.stages:
-            text = stage.flush(text)
-        self._count()
+        text = self.close_text(self._decode(b"", final=True))
         encoder = self._encoder
         if encoder is None:
             return text.encode("utf-8", "surrogateescape")

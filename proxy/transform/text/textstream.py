@@ -48,10 +48,10 @@ def _encode(text: str) -> bytes:
 class _SyncText:
     """Every stage has ``open``: feed the streams one after the other."""
 
-    __slots__ = ("_decoder", "_streams")
+    __slots__ = ("_decoder", "streams")
 
     def __init__(self, transforms: Sequence[Any], ctx: TransformContext) -> None:
-        self._streams = [t.open(ctx) for t in transforms]
+        self.streams = [t.open(ctx) for t in transforms]
         # made only once some output is not whole UTF-8 (a character cut, a lone surrogate)
         self._decoder: codecs.IncrementalDecoder | None = None
 
@@ -66,7 +66,7 @@ class _SyncText:
 
     async def feed(self, text: str) -> str:
         data = _encode(text)
-        for stream in self._streams:
+        for stream in self.streams:
             if not data:
                 return ""
             data = stream.feed(data)
@@ -74,7 +74,7 @@ class _SyncText:
 
     async def close(self) -> str:
         data = b""
-        for stream in self._streams:
+        for stream in self.streams:
             data = stream.feed(data) + stream.close() if data else stream.close()
         return self._decode(data, final=True)
 
@@ -172,10 +172,39 @@ class _AsyncText:
         return self._decoder.decode(data, final=True)
 
 
-def open_text(transforms: Sequence[Any], ctx: TransformContext) -> _SyncText | _AsyncText:
+class _PlainText:
+    """Every stage's stream :attr:`takes_text` (``feed_text``/``close_text``, as ``redact``
+    on UTF-8): the text goes through them as it is, no encoding and decoding per piece."""
+
+    __slots__ = ("_streams",)
+
+    def __init__(self, streams: list[Any]) -> None:
+        self._streams = streams
+
+    async def feed(self, text: str) -> str:
+        for stream in self._streams:
+            if not text:
+                return ""
+            text = stream.feed_text(text)
+        return text
+
+    async def close(self) -> str:
+        text = ""
+        for stream in self._streams:
+            text = stream.close_text(text)
+        return text
+
+
+def open_text(
+    transforms: Sequence[Any], ctx: TransformContext
+) -> _PlainText | _SyncText | _AsyncText:
     """A new text through ``transforms`` (the chain's callables, in order)."""
     if all(callable(getattr(t, "open", None)) for t in transforms):
-        return _SyncText(transforms, ctx)
+        text = _SyncText(transforms, ctx)
+        streams = text.streams
+        if all(getattr(s, "takes_text", False) for s in streams):
+            return _PlainText(streams)
+        return text
     return _AsyncText(transforms, ctx)
 
 
