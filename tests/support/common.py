@@ -43,6 +43,22 @@ def paused_stream(
     return handler
 
 
+def streamed(*parts: bytes, content_type: str, pause: float = 0.0) -> Handler:
+    """A handler that streams ``parts`` one write each (``pause`` seconds after each, if any)
+    as ``content_type`` and ends the response."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": content_type})
+        await resp.prepare(request)
+        for part in parts:
+            await resp.write(part)
+            if pause:
+                await asyncio.sleep(pause)
+        return resp
+
+    return handler
+
+
 async def assert_upstream_timeout(url: str) -> None:
     """A GET of ``url`` gets the proxy's 504 ``upstream_timeout``."""
     async with aiohttp.ClientSession() as s, s.get(url) as r:
