@@ -59,6 +59,21 @@ def streamed(*parts: bytes, content_type: str, pause: float = 0.0) -> Handler:
     return handler
 
 
+def plain_and_transformed(plain: str, transformed: str) -> list[dict[str, Any]]:
+    """Two routes to the upstream "up", by path prefix: ``plain`` with no transforms, and
+    ``transformed`` through one that passes everything on (and counts how often its generator
+    was closed)."""
+    return [
+        {"name": "plain", "match": {"path_prefix": plain}, "upstream": "up"},
+        {
+            "name": "transformed",
+            "match": {"path_prefix": transformed},
+            "upstream": "up",
+            "transforms": [{"tests.sample_plugins:FailAfter": {"count": 10**9}}],
+        },
+    ]
+
+
 async def assert_upstream_timeout(url: str) -> None:
     """A GET of ``url`` gets the proxy's 504 ``upstream_timeout``."""
     async with aiohttp.ClientSession() as s, s.get(url) as r:
