@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, ProxyTo, origin, serve_one, start_proxy_process, stop_process
-from .support.common import ROUTE, demo_config, free_port, paused_stream
+from .support.common import ROUTE, demo_config, free_port, paused_stream, stalled_stream
 
 
 async def test_healthz_and_readyz(aiohttp_server, make_proxy: MakeProxy) -> None:
@@ -51,14 +51,7 @@ async def test_drain_finishes_streams_in_flight_and_refuses_new_ones(proxy_to: P
 
 
 async def test_drain_aborts_what_outlives_the_grace(proxy_to: ProxyTo) -> None:
-    async def endless(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"begin\n")
-        await asyncio.sleep(30)
-        return resp
-
-    proxy = await proxy_to(endless, shutdown_grace="300ms")
+    proxy = await proxy_to(stalled_stream(b"begin\n", seconds=30), shutdown_grace="300ms")
     async with aiohttp.ClientSession() as s:
         r = await s.get(proxy.url("/"))
         assert await r.content.readuntil(b"\n") == b"begin\n"

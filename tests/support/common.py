@@ -59,6 +59,20 @@ def streamed(*parts: bytes, content_type: str, pause: float = 0.0) -> Handler:
     return handler
 
 
+def stalled_stream(first: bytes, *, seconds: float) -> Handler:
+    """A handler that streams ``first``, then sends nothing more for ``seconds`` (longer than
+    the test waits) before it ends the response."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(first)
+        await asyncio.sleep(seconds)
+        return resp
+
+    return handler
+
+
 def plain_and_transformed(plain: str, transformed: str) -> list[dict[str, Any]]:
     """Two routes to the upstream "up", by path prefix: ``plain`` with no transforms, and
     ``transformed`` through one that passes everything on (and counts how often its generator
