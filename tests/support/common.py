@@ -139,6 +139,21 @@ def blackhole() -> Iterator[str]:
         listener.close()
 
 
+async def demo_log_stream(session: aiohttp.ClientSession, port: int) -> aiohttp.ClientResponse:
+    """A stream of ten lines from the demo upstream through the proxy on ``port``, once its
+    first whole line has come."""
+    stream = await session.get(f"http://127.0.0.1:{port}/logs?n=10")
+    assert (await stream.content.readuntil(b"\n")).endswith(b"\n")
+    return stream
+
+
+async def assert_the_stream_ends_whole(stream: aiohttp.ClientResponse) -> None:
+    """The rest of a ``demo_log_stream`` comes (bounded): its other nine lines, not cut."""
+    body = await asyncio.wait_for(stream.content.read(), 10)
+    assert body.count(b"\n") == 9  # the stream in flight finished whole
+    stream.release()
+
+
 def demo_config(tmp_path: Path, grace: str = "10s", workers: int = 1) -> tuple[Path, int, int]:
     """A proxy.yaml in ``tmp_path`` routing everything to the built-in demo upstream, on free
     ports: its path, the proxy's port and the admin port."""
