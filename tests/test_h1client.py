@@ -64,6 +64,16 @@ async def body_of(resp: H1Response) -> bytes:
     return out
 
 
+async def assert_cut(resp: H1Response, *parts: bytes, error: type[Exception]) -> None:
+    """Reading ``resp`` gives ``parts``, one a read, and then raises ``error``; ``resp`` is
+    closed then."""
+    for part in parts:
+        assert await resp.read() == part
+    with pytest.raises(error):
+        await resp.read()
+    resp.close()
+
+
 async def get(pool: H1Pool, up: Upstream, head: bytes = GET, head_only: bool = False) -> H1Response:
     return await pool.request(
         KEY, Endpoint("127.0.0.1", up.port, None), head, None, False, head_only
@@ -170,11 +180,7 @@ async def test_a_body_shorter_than_its_content_length_is_an_error_at_the_reader(
         await w.drain()  # then closed
 
     async with pool_to(reply, ends_empty=True) as (pool, up):
-        resp = await get(pool, up)
-        assert await resp.read() == b"short"
-        with pytest.raises(BodyIncomplete):
-            await resp.read()
-        resp.close()
+        await assert_cut(await get(pool, up), b"short", error=BodyIncomplete)
 
 
 async def test_a_head_response_has_no_body_whatever_its_content_length_says() -> None:
@@ -248,11 +254,7 @@ async def test_silence_before_the_head_and_between_chunks_is_timed() -> None:
     async with pool_to(reply, read_timeout=0.2) as (pool, up):
         with pytest.raises(HeadTimeout):
             await get(pool, up)
-        resp = await get(pool, up)
-        assert await resp.read() == b"abc"
-        with pytest.raises(BodyTimeout):
-            await resp.read()
-        resp.close()
+        await assert_cut(await get(pool, up), b"abc", error=BodyTimeout)
 
 
 async def test_a_reader_that_does_not_read_stops_the_socket_being_read() -> None:
@@ -445,7 +447,4 @@ async def test_a_content_length_body_cut_short_over_several_reads_is_incomplete(
         resp = await get(pool, up)
         assert await resp.read() == b"first"
         sent.set()
-        assert await resp.read() == b"second"
-        with pytest.raises(BodyIncomplete):
-            await resp.read()
-        resp.close()
+        await assert_cut(resp, b"second", error=BodyIncomplete)
