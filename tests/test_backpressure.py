@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, ProxyTo, origin, serve_one, start_proxy_process, stop_process
+from .support.common import plain_and_transformed
 
 # Upstream-facing: each test runs on both transports (see conftest.TRANSPORTS).
 pytestmark = pytest.mark.transports
@@ -35,15 +36,7 @@ BLOCK = 64 * 1024
 # about 4-7 MiB in flight. Without backpressure the proxy would read at the upstream's pace,
 # hundreds of MiB/s, and the gap would pass the bound within a fraction of a second.
 BOUND = 16 * MiB
-ROUTES = [
-    {"name": "plain", "match": {"path_prefix": "/plain"}, "upstream": "up"},
-    {
-        "name": "transformed",
-        "match": {"path_prefix": "/tx"},
-        "upstream": "up",
-        "transforms": [{"tests.sample_plugins:FailAfter": {"count": 10**9}}],
-    },
-]
+ROUTES = plain_and_transformed("/plain", "/tx")
 
 
 class Flood:

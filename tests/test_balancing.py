@@ -77,6 +77,13 @@ def recorder(
     return app
 
 
+async def health_checked(make_proxy: MakeProxy, *targets: str) -> Proxy:
+    """A proxy whose upstream "up" is ``targets``, each checked at ``/health`` every 100 ms
+    and given 100 ms to answer."""
+    health = {"path": "/health", "interval": "100ms", "timeout": "100ms"}
+    return await make_proxy({"up": {"targets": list(targets), "health": health}}, ROUTE)
+
+
 async def metrics_text(proxy: Proxy) -> str:
     async with aiohttp.ClientSession() as s, s.get(proxy.admin_url("/metrics")) as r:
         assert r.status == 200
@@ -269,13 +276,7 @@ async def test_active_health_checks_take_a_target_out_and_back(
     health = Health(500)
     sick = await aiohttp_server(recorder("sick", hits, health))
     well = await aiohttp_server(recorder("well", hits, Health(200)))
-    upstreams = {
-        "up": {
-            "targets": [origin(sick), origin(well)],
-            "health": {"path": "/health", "interval": "100ms", "timeout": "100ms"},
-        }
-    }
-    proxy = await make_proxy(upstreams, ROUTE)
+    proxy = await health_checked(make_proxy, origin(sick), origin(well))
 
     await health.answered(2, 500)
     async with aiohttp.ClientSession() as s:
@@ -306,13 +307,7 @@ async def test_a_health_check_that_times_out_marks_the_target_down(
 
     up_slow = await aiohttp_server(recorder("slow", hits, extra={"/health": slow_health}))
     well = await aiohttp_server(recorder("well", hits, Health(200)))
-    upstreams = {
-        "up": {
-            "targets": [origin(up_slow), origin(well)],
-            "health": {"path": "/health", "interval": "100ms", "timeout": "100ms"},
-        }
-    }
-    proxy = await make_proxy(upstreams, ROUTE)
+    proxy = await health_checked(make_proxy, origin(up_slow), origin(well))
     try:
         async with asyncio.timeout(5):
             for _ in range(2):  # the second check starts after the first one timed out

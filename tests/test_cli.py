@@ -74,18 +74,17 @@ def test_the_config_defaults_to_proxy_yaml_in_the_working_directory(tmp_path: Pa
     assert b"routes[0].upstream" in out.stderr
 
 
-TRANSFORMS = """
-upstreams:
-  api: {targets: ["http://127.0.0.1:9000"]}
-routes:
-  - name: shout
-    upstream: api
+# GOOD with its route named "shout" and given transform chains.
+TRANSFORMS = (
+    GOOD.replace("name: a", "name: shout")
+    + """\
     transforms:
       - tests.sample_plugins:Upper: {}
       - tests.sample_plugins:Bracket: {}
     request_transforms:
       - tests.sample_plugins:Bracket: {}
 """
+)
 
 
 def test_transform_pipes_stdin_through_a_routes_response_chain(tmp_path: Path) -> None:

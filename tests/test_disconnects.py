@@ -15,19 +15,11 @@ import time
 from aiohttp import web
 
 from .conftest import Proxy, ProxyTo, read_head
+from .support.common import plain_and_transformed
 
 STREAMS = 500
 BATCH = 50
-ROUTES = [
-    {"name": "plain", "match": {"path_prefix": "/plain/"}, "upstream": "up"},
-    {
-        "name": "transformed",
-        "match": {"path_prefix": "/tx/"},
-        "upstream": "up",
-        # Passes everything through and counts how often its generator was closed.
-        "transforms": [{"tests.sample_plugins:FailAfter": {"count": 10**9}}],
-    },
-]
+ROUTES = plain_and_transformed("/plain/", "/tx/")
 
 
 def open_fds() -> int:

@@ -64,6 +64,16 @@ async def body_of(resp: H1Response) -> bytes:
     return out
 
 
+async def assert_cut(resp: H1Response, *parts: bytes, error: type[Exception]) -> None:
+    """Reading ``resp`` gives ``parts``, one a read, and then raises ``error``; ``resp`` is
+    closed then."""
+    for part in parts:
+        assert await resp.read() == part
+    with pytest.raises(error):
+        await resp.read()
+    resp.close()
+
+
 async def get(pool: H1Pool, up: Upstream, head: bytes = GET, head_only: bool = False) -> H1Response:
     return await pool.request(
         KEY, Endpoint("127.0.0.1", up.port, None), head, None, False, head_only
@@ -83,19 +93,34 @@ async def idle_settled(pool: H1Pool, counts: tuple[int, int]) -> None:
             await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def pool_to(
+    reply: Reply, read_timeout: float = 5.0, *, ends_empty: bool = False
+) -> AsyncIterator[tuple[H1Pool, Upstream]]:
+    """A pool (5 s to connect, ``read_timeout`` to read) and an ``upstream(reply)`` for it,
+    the pool closed at the end; with ``ends_empty``, the block must leave the pool with no
+    connection in use or idle (waited for, bounded) before it is closed."""
+    async with upstream(reply) as up:
+        pool = H1Pool(5, read_timeout)
+        try:
+            yield pool, up
+            if ends_empty:
+                await idle_settled(pool, (0, 0))
+        finally:
+            pool.close()
+
+
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
 
 async def test_keep_alive_connections_are_reused_and_the_head_goes_out_byte_for_byte() -> None:
-    async with upstream(answering(OK, OK, OK)) as up:
-        pool = H1Pool(5, 5)
+    async with pool_to(answering(OK, OK, OK)) as (pool, up):
         for _ in range(3):
             resp = await get(pool, up)
             assert (resp.status, resp.reason) == (200, "OK")
             assert await body_of(resp) == b"hello"
             resp.release()
             assert pool.counts() == (0, 1)
-        pool.close()
     assert up.connections == 1
     assert up.requests == [GET] * 3
 
@@ -106,8 +131,7 @@ async def test_interim_responses_are_skipped_and_repeated_headers_kept_in_order(
         b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
         b"HTTP/1.1 201 Made\r\nX-A: 1\r\nX-B: 2\r\nX-A: 3\r\nContent-Length: 2\r\n\r\nok"
     )
-    async with upstream(answering(data)) as up:
-        pool = H1Pool(5, 5)
+    async with pool_to(answering(data)) as (pool, up):
         resp = await get(pool, up)
         assert (resp.status, resp.reason) == (201, "Made")
         headers = resp.take_headers()
@@ -119,7 +143,6 @@ async def test_interim_responses_are_skipped_and_repeated_headers_kept_in_order(
         ]
         assert await body_of(resp) == b"ok"
         resp.release()
-        pool.close()
 
 
 async def test_a_chunked_body_is_relayed_without_framing_or_trailers_and_the_conn_reused() -> None:
@@ -127,14 +150,12 @@ async def test_a_chunked_body_is_relayed_without_framing_or_trailers_and_the_con
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
     )
-    async with upstream(answering(chunked, OK)) as up:
-        pool = H1Pool(5, 5)
+    async with pool_to(answering(chunked, OK)) as (pool, up):
         resp = await get(pool, up)
         assert await body_of(resp) == b"hello world"
         assert "X-Trailer" not in resp.take_headers()
         resp.release()
         await get_hello(pool, up)
-        pool.close()
     assert up.connections == 1
 
 
@@ -144,14 +165,11 @@ async def test_a_close_delimited_body_ends_at_eof_and_its_connection_is_not_reus
         w.write(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
         await w.drain()
 
-    async with upstream(reply) as up:
-        pool = H1Pool(5, 5)
+    async with pool_to(reply, ends_empty=True) as (pool, up):
         for _ in range(2):
             resp = await get(pool, up)
             assert await body_of(resp) == b"until the end"
             resp.release()
-        await idle_settled(pool, (0, 0))
-        pool.close()
     assert up.connections == 2
 
 
@@ -161,40 +179,28 @@ async def test_a_body_shorter_than_its_content_length_is_an_error_at_the_reader(
         w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort")
         await w.drain()  # then closed
 
-    async with upstream(reply) as up:
-        pool = H1Pool(5, 5)
-        resp = await get(pool, up)
-        assert await resp.read() == b"short"
-        with pytest.raises(BodyIncomplete):
-            await resp.read()
-        resp.close()
-        await idle_settled(pool, (0, 0))
-        pool.close()
+    async with pool_to(reply, ends_empty=True) as (pool, up):
+        await assert_cut(await get(pool, up), b"short", error=BodyIncomplete)
 
 
 async def test_a_head_response_has_no_body_whatever_its_content_length_says() -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
-    async with upstream(answering(head, head, OK)) as up:
-        pool = H1Pool(5, 5)
+    async with pool_to(answering(head, head, OK)) as (pool, up):
         for _ in range(2):
             resp = await get(pool, up, HEAD, head_only=True)
             assert resp.status == 200 and resp.ready
             assert await resp.read() == b""
             resp.release()
         await get_hello(pool, up)  # the same connection still frames responses right
-        pool.close()
     assert up.connections == 1
 
 
 async def test_a_head_response_followed_by_more_bytes_is_not_reused() -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"  # a body a HEAD must not have
-    async with upstream(answering(head, OK)) as up:
-        pool = H1Pool(5, 5)
+    async with pool_to(answering(head, OK), ends_empty=True) as (pool, up):
         resp = await get(pool, up, HEAD, head_only=True)
         assert await resp.read() == b""
         resp.release()
-        await idle_settled(pool, (0, 0))
-        pool.close()
 
 
 async def test_bytes_on_an_idle_connection_close_it() -> None:
@@ -207,12 +213,9 @@ async def test_bytes_on_an_idle_connection_close_it() -> None:
         await w.drain()
         await reader.read()
 
-    async with upstream(reply) as up:
-        pool = H1Pool(5, 5)
+    async with pool_to(reply, ends_empty=True) as (pool, up):
         await get_hello(pool, up)
         assert pool.counts() == (0, 1)
-        await idle_settled(pool, (0, 0))
-        pool.close()
 
 
 async def test_a_reused_connection_closed_by_the_upstream_is_reported_stale() -> None:
@@ -222,8 +225,7 @@ async def test_a_reused_connection_closed_by_the_upstream_is_reported_stale() ->
         await w.drain()
         await up.read_request(reader)  # the second request: closed without an answer
 
-    async with upstream(reply) as up:
-        pool = H1Pool(5, 5)
+    async with pool_to(reply) as (pool, up):
         await get_hello(pool, up)
         with pytest.raises(StaleConnection):
             await get(pool, up)
@@ -233,16 +235,12 @@ async def test_a_reused_connection_closed_by_the_upstream_is_reported_stale() ->
         )
         assert await body_of(resp) == b"hello"
         resp.release()
-        pool.close()
 
 
 async def test_invalid_http_is_refused() -> None:
-    async with upstream(answering(b"HTTP/1.1 abc OK\r\n\r\n")) as up:
-        pool = H1Pool(5, 5)
+    async with pool_to(answering(b"HTTP/1.1 abc OK\r\n\r\n"), ends_empty=True) as (pool, up):
         with pytest.raises(InvalidResponse):
             await get(pool, up)
-        await idle_settled(pool, (0, 0))
-        pool.close()
 
 
 async def test_silence_before_the_head_and_between_chunks_is_timed() -> None:
@@ -253,16 +251,10 @@ async def test_silence_before_the_head_and_between_chunks_is_timed() -> None:
             await w.drain()
         await reader.read()
 
-    async with upstream(reply) as up:
-        pool = H1Pool(5, 0.2)
+    async with pool_to(reply, read_timeout=0.2) as (pool, up):
         with pytest.raises(HeadTimeout):
             await get(pool, up)
-        resp = await get(pool, up)
-        assert await resp.read() == b"abc"
-        with pytest.raises(BodyTimeout):
-            await resp.read()
-        resp.close()
-        pool.close()
+        await assert_cut(await get(pool, up), b"abc", error=BodyTimeout)
 
 
 async def test_a_reader_that_does_not_read_stops_the_socket_being_read() -> None:
@@ -282,8 +274,7 @@ async def test_a_reader_that_does_not_read_stops_the_socket_being_read() -> None
                 stuck.set()  # the kernel took no more: its buffers on the way are full
             await w.drain()
 
-    async with upstream(reply) as up:
-        pool = H1Pool(5, 5)
+    async with pool_to(reply) as (pool, up):
         resp = await get(pool, up)
         async with asyncio.timeout(5):
             await stuck.wait()
@@ -296,19 +287,15 @@ async def test_a_reader_that_does_not_read_stops_the_socket_being_read() -> None
             got += len(chunk)
         assert got == size
         resp.release()
-        pool.close()
 
 
 async def test_idle_connections_are_closed_after_the_idle_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(h1pool, "IDLE_TIMEOUT", 0.2)
-    async with upstream(answering(OK, OK)) as up:
-        pool = H1Pool(5, 5)
+    async with pool_to(answering(OK, OK), ends_empty=True) as (pool, up):
         await get_hello(pool, up)
         assert pool.counts() == (0, 1)
-        await idle_settled(pool, (0, 0))
-        pool.close()
 
 
 async def test_a_request_body_without_length_goes_chunked() -> None:
@@ -326,14 +313,12 @@ async def test_a_request_body_without_length_goes_chunked() -> None:
         yield b""
         yield b"0123456789abcdef!"
 
-    async with upstream(reply) as up:
-        pool = H1Pool(5, 5)
+    async with pool_to(reply) as (pool, up):
         head = b"POST / HTTP/1.1\r\nHost: up\r\nTransfer-Encoding: chunked\r\n\r\n"
         endpoint = Endpoint("127.0.0.1", up.port, None)
         resp = await pool.request(KEY, endpoint, head, body(), True, False)
         assert await body_of(resp) == b"hello"
         resp.release()
-        pool.close()
     assert got == [b"3\r\nabc\r\n11\r\n0123456789abcdef!\r\n0\r\n\r\n"]
 
 
@@ -429,8 +414,7 @@ async def test_a_content_length_body_over_several_reads(surplus: bytes) -> None:
     pieces = [b"HTTP/1.1 200 OK\r\nContent-Length: 4034\r\n\r\n0123456789", *body]
     pieces[-1] += surplus
     sent = [asyncio.Event() for _ in pieces]
-    async with upstream(in_pieces(pieces, OK, sent)) as up:
-        pool = H1Pool(5.0, 5.0)
+    async with pool_to(in_pieces(pieces, OK, sent)) as (pool, up):
         sent[0].set()
         resp = await get(pool, up)
         got = [await resp.read()]
@@ -446,7 +430,6 @@ async def test_a_content_length_body_over_several_reads(surplus: bytes) -> None:
         assert (second.status, await body_of(second)) == (200, b"hello")
         second.release()
         assert up.connections == (2 if surplus else 1)
-        pool.close()
 
 
 async def test_a_content_length_body_cut_short_over_several_reads_is_incomplete() -> None:
@@ -460,13 +443,8 @@ async def test_a_content_length_body_cut_short_over_several_reads_is_incomplete(
         w.close()  # 11 of 100 bytes
 
     sent = asyncio.Event()
-    async with upstream(reply) as up:
-        pool = H1Pool(5.0, 5.0)
+    async with pool_to(reply) as (pool, up):
         resp = await get(pool, up)
         assert await resp.read() == b"first"
         sent.set()
-        assert await resp.read() == b"second"
-        with pytest.raises(BodyIncomplete):
-            await resp.read()
-        resp.close()
-        pool.close()
+        await assert_cut(resp, b"second", error=BodyIncomplete)

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import re
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,13 +268,19 @@ async def start(make_proxy: MakeProxy, up: Recorder, routes: Any = None, **serve
     return await make_proxy({"up": [up.origin]}, routes or ROUTE, **server)
 
 
+async def exchange_through(
+    make_proxy: MakeProxy, upstream: Recorder, data: bytes, **server: Any
+) -> Exchange:
+    """``exchange`` of ``data`` with a new proxy (with ``server`` settings) to ``upstream``."""
+    return await exchange((await start(make_proxy, upstream, **server)).port, data)
+
+
 async def assert_refused(
     make_proxy: MakeProxy, upstream: Recorder, data: bytes, *statuses: int, **server: Any
 ) -> dict[str, Any]:
     """``data`` sent to a proxy (with ``server`` settings) gets one JSON error with one of
     ``statuses``, the connection closed, and nothing reaches the upstream. Its body."""
-    proxy = await start(make_proxy, upstream, **server)
-    result = await exchange(proxy.port, data)
+    result = await exchange_through(make_proxy, upstream, data, **server)
     assert result.closed
     body = assert_json_error(result.only(), *statuses)
     assert upstream.requests == []
@@ -381,8 +389,7 @@ FRAMING_STATUS = {
 async def test_bad_framing_is_refused_before_anything_reaches_the_upstream(
     make_proxy: MakeProxy, upstream: Recorder, name: str
 ) -> None:
-    proxy = await start(make_proxy, upstream)
-    result = await exchange(proxy.port, FRAMING[name])
+    result = await exchange_through(make_proxy, upstream, FRAMING[name])
     assert result.closed, "the connection must be closed after a framing error"
     answers = result.answers()
     assert len(answers) == 1, result.data[:500]  # one refusal, no second (smuggled) answer
@@ -413,12 +420,11 @@ async def test_the_same_harness_sees_a_valid_request_reach_the_upstream(
     make_proxy: MakeProxy, upstream: Recorder
 ) -> None:
     """The control for the framing tests: a well-formed request gets through."""
-    proxy = await start(make_proxy, upstream)
     data = (
         b"POST /ok HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         b"5\r\nhello\r\n0\r\n\r\n"
     )
-    answer = (await exchange(proxy.port, data)).only()
+    answer = (await exchange_through(make_proxy, upstream, data)).only()
     assert (answer.status, answer.body) == (200, b"upstream-ok")
     assert [(r.method, r.raw_path, r.body) for r in upstream.requests] == [
         ("POST", "/ok", b"hello")
@@ -428,14 +434,13 @@ async def test_the_same_harness_sees_a_valid_request_reach_the_upstream(
 async def test_a_request_smuggled_behind_a_refused_one_is_never_served(
     make_proxy: MakeProxy, upstream: Recorder
 ) -> None:
-    proxy = await start(make_proxy, upstream)
     data = (
         b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
         b"POST /second HTTP/1.1\r\nHost: x\r\n"
         b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
     )
-    result = await exchange(proxy.port, data)
+    result = await exchange_through(make_proxy, upstream, data)
     assert result.closed
     *served, refused = result.answers()
     assert_json_error(refused, 400)
@@ -525,7 +530,11 @@ async def test_a_config_that_validates_serves_requests(
 # -- header read timeout ----------------------------------------------------------------------
 
 
-async def _open(proxy: Proxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _connect(
+    make_proxy: MakeProxy, upstream: Recorder, **server: Any
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to a new proxy (with ``server`` settings) to ``upstream``."""
+    proxy = await start(make_proxy, upstream, **server)
     return await asyncio.open_connection("127.0.0.1", proxy.port)
 
 
@@ -557,15 +566,13 @@ async def _drip_until_closed(
 async def test_a_head_sent_a_byte_at_a_time_is_dropped_after_header_timeout(
     make_proxy: MakeProxy, upstream: Recorder
 ) -> None:
-    proxy = await start(make_proxy, upstream, header_timeout="500ms")
-    loop = asyncio.get_running_loop()
-    reader, writer = await _open(proxy)
-    began = loop.time()
+    reader, writer = await _connect(make_proxy, upstream, header_timeout="500ms")
+    began = time.monotonic()
     try:
         # 160 bytes at 40 ms each would take 6.4 s: far past the timeout, still bounded.
         head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 128
         answer, closed = await _drip_until_closed(reader, writer, head, 0.04)
-        elapsed = loop.time() - began
+        elapsed = time.monotonic() - began
     finally:
         await _close(writer)
     assert closed, f"still open after the whole slow head (answer {answer!r})"
@@ -576,53 +583,57 @@ async def test_a_head_sent_a_byte_at_a_time_is_dropped_after_header_timeout(
 async def test_a_silent_new_connection_is_dropped_after_header_timeout(
     make_proxy: MakeProxy, upstream: Recorder
 ) -> None:
-    proxy = await start(make_proxy, upstream, header_timeout="500ms", keepalive_timeout="60s")
-    loop = asyncio.get_running_loop()
-    reader, writer = await _open(proxy)
-    began = loop.time()
+    reader, writer = await _connect(
+        make_proxy, upstream, header_timeout="500ms", keepalive_timeout="60s"
+    )
+    began = time.monotonic()
     try:
         async with asyncio.timeout(5):
             assert await reader.read() == b""
-        elapsed = loop.time() - began
+        elapsed = time.monotonic() - began
     finally:
         await _close(writer)
     assert 0.45 <= elapsed < 3.0, elapsed
 
 
-async def test_an_idle_kept_alive_connection_outlives_header_timeout(
+@contextlib.asynccontextmanager
+async def _kept_alive(
     make_proxy: MakeProxy, upstream: Recorder
-) -> None:
-    proxy = await start(make_proxy, upstream, header_timeout="300ms", keepalive_timeout="30s")
-    reader, writer = await _open(proxy)
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A connection to a new proxy (header_timeout 300 ms, keepalive_timeout 30 s) on which
+    ``GET /1`` was answered, kept alive for the next head; closed at the end."""
+    reader, writer = await _connect(
+        make_proxy, upstream, header_timeout="300ms", keepalive_timeout="30s"
+    )
     try:
         writer.write(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await read_answer(reader)).status == 200
+        yield reader, writer
+    finally:
+        await _close(writer)
+
+
+async def test_an_idle_kept_alive_connection_outlives_header_timeout(
+    make_proxy: MakeProxy, upstream: Recorder
+) -> None:
+    async with _kept_alive(make_proxy, upstream) as (reader, writer):
         # Idle for three header timeouts: keepalive_timeout governs, the connection stays.
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(reader.read(1), 0.9)
         writer.write(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await read_answer(reader)).status == 200
-    finally:
-        await _close(writer)
     assert [r.raw_path for r in upstream.requests] == ["/1", "/2"]
 
 
 async def test_a_later_head_on_a_kept_alive_connection_is_timed_too(
     make_proxy: MakeProxy, upstream: Recorder
 ) -> None:
-    proxy = await start(make_proxy, upstream, header_timeout="300ms", keepalive_timeout="30s")
-    loop = asyncio.get_running_loop()
-    reader, writer = await _open(proxy)
-    try:
-        writer.write(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert (await read_answer(reader)).status == 200
-        began = loop.time()
+    async with _kept_alive(make_proxy, upstream) as (reader, writer):
+        began = time.monotonic()
         answer, closed = await _drip_until_closed(
             reader, writer, b"GET /2 HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100, 0.04
         )
-        elapsed = loop.time() - began
-    finally:
-        await _close(writer)
+        elapsed = time.monotonic() - began
     assert closed, answer
     assert 0.25 <= elapsed < 3.0, elapsed
     assert [r.raw_path for r in upstream.requests] == ["/1"]
@@ -631,8 +642,7 @@ async def test_a_later_head_on_a_kept_alive_connection_is_timed_too(
 async def test_a_slow_request_body_is_not_cut_by_header_timeout(
     make_proxy: MakeProxy, upstream: Recorder
 ) -> None:
-    proxy = await start(make_proxy, upstream, header_timeout="300ms")
-    reader, writer = await _open(proxy)
+    reader, writer = await _connect(make_proxy, upstream, header_timeout="300ms")
     try:
         writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
         # Nine bytes over about 0.9 s, three header timeouts: no answer, no close.
@@ -662,9 +672,8 @@ async def test_a_slow_request_body_is_not_cut_by_header_timeout(
 async def test_an_unsafe_client_request_id_is_replaced_on_both_sides(
     make_proxy: MakeProxy, upstream: Recorder, value: bytes
 ) -> None:
-    proxy = await start(make_proxy, upstream)
     data = b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-ID: " + value + b"\r\nConnection: close\r\n\r\n"
-    answer = (await exchange(proxy.port, data)).only()
+    answer = (await exchange_through(make_proxy, upstream, data)).only()
     assert answer.status == 200
     (seen,) = upstream.requests
     sent_up = seen.header("X-Request-ID")
@@ -683,9 +692,8 @@ async def test_an_unsafe_client_request_id_is_replaced_on_both_sides(
 async def test_a_request_id_with_control_characters_never_reaches_a_header(
     make_proxy: MakeProxy, upstream: Recorder, value: bytes
 ) -> None:
-    proxy = await start(make_proxy, upstream)
     data = b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-ID: " + value + b"\r\nConnection: close\r\n\r\n"
-    result = await exchange(proxy.port, data)
+    result = await exchange_through(make_proxy, upstream, data)
     answer = result.only()
     if upstream.requests:  # let through by the parser: then the proxy must replace it
         (seen,) = upstream.requests
@@ -698,12 +706,11 @@ async def test_a_request_id_with_control_characters_never_reaches_a_header(
 
 
 async def test_repeated_request_ids_become_one(make_proxy: MakeProxy, upstream: Recorder) -> None:
-    proxy = await start(make_proxy, upstream)
     data = (
         b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-ID: first\r\nX-Request-ID: second\r\n"
         b"Connection: close\r\n\r\n"
     )
-    answer = (await exchange(proxy.port, data)).only()
+    answer = (await exchange_through(make_proxy, upstream, data)).only()
     (seen,) = upstream.requests
     assert len(seen.header("X-Request-ID")) == 1
     assert answer.headers_named("X-Request-ID") == seen.header("X-Request-ID")
@@ -746,18 +753,16 @@ async def test_an_absolute_form_target_never_chooses_the_destination(
 async def test_connect_is_refused(
     make_proxy: MakeProxy, upstream: Recorder, decoy: Recorder
 ) -> None:
-    proxy = await start(make_proxy, upstream)
     authority = f"127.0.0.1:{decoy.port}"
     data = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\nGET / HTTP/1.1\r\n\r\n"
-    result = await exchange(proxy.port, data.encode())
+    result = await exchange_through(make_proxy, upstream, data.encode())
     assert result.closed
     assert_json_error(result.only(), 400)
     assert decoy.requests == [] and upstream.requests == []
 
 
 async def test_asterisk_form_is_refused(make_proxy: MakeProxy, upstream: Recorder) -> None:
-    proxy = await start(make_proxy, upstream)
-    result = await exchange(proxy.port, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+    result = await exchange_through(make_proxy, upstream, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
     assert_json_error(result.only(), 400)
     assert upstream.requests == []
 
@@ -769,10 +774,9 @@ async def test_asterisk_form_is_refused(make_proxy: MakeProxy, upstream: Recorde
 async def test_the_host_header_never_chooses_the_destination(
     make_proxy: MakeProxy, upstream: Recorder, decoy: Recorder, host: str
 ) -> None:
-    proxy = await start(make_proxy, upstream)
     client_host = host.format(decoy=decoy.port)
     data = f"GET /p HTTP/1.1\r\nHost: {client_host}\r\nConnection: close\r\n\r\n".encode()
-    answer = (await exchange(proxy.port, data)).only()
+    answer = (await exchange_through(make_proxy, upstream, data)).only()
     assert (answer.status, answer.body) == (200, b"upstream-ok")
     assert decoy.requests == []
     (seen,) = upstream.requests
@@ -783,10 +787,9 @@ async def test_the_host_header_never_chooses_the_destination(
 async def test_a_network_path_target_goes_to_the_configured_upstream(
     make_proxy: MakeProxy, upstream: Recorder, decoy: Recorder
 ) -> None:
-    proxy = await start(make_proxy, upstream)
     target = f"//127.0.0.1:{decoy.port}/x"
     data = f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
-    assert (await exchange(proxy.port, data)).only().status == 200
+    assert (await exchange_through(make_proxy, upstream, data)).only().status == 200
     assert decoy.requests == []
     assert [r.raw_path for r in upstream.requests] == [target]
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from proxy.logs import JsonFormatter, setup_logging
 
 from .conftest import MakeProxy, origin, raw_exchange, serve_one
-from .support.common import ROUTE, find_sample, paused_stream
+from .support.common import ROUTE, find_sample, paused_stream, stalled_stream
 
 FIELDS = {
     "ts",
@@ -115,17 +115,10 @@ async def test_access_log_fields_for_each_outcome(aiohttp_server, make_proxy: Ma
             await asyncio.sleep(0.01)
         return resp
 
-    async def silent(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"start\n")
-        await asyncio.sleep(10)
-        return resp
-
     app = web.Application()
     app.router.add_route("*", "/ok", ok)
     app.router.add_get("/endless", endless)
-    app.router.add_get("/silent", silent)
+    app.router.add_get("/silent", stalled_stream(b"start\n", seconds=10))
     up = await aiohttp_server(app)
     upstreams = {"up": {"targets": [origin(up)], "read_timeout": "300ms"}}
     routes = [

@@ -11,7 +11,15 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, ProxyTo, origin, serve_one, start_proxy_process, stop_process
-from .support.common import ROUTE, demo_config, free_port, paused_stream
+from .support.common import (
+    ROUTE,
+    assert_the_stream_ends_whole,
+    demo_config,
+    demo_log_stream,
+    free_port,
+    paused_stream,
+    stalled_stream,
+)
 
 
 async def test_healthz_and_readyz(aiohttp_server, make_proxy: MakeProxy) -> None:
@@ -51,14 +59,7 @@ async def test_drain_finishes_streams_in_flight_and_refuses_new_ones(proxy_to: P
 
 
 async def test_drain_aborts_what_outlives_the_grace(proxy_to: ProxyTo) -> None:
-    async def endless(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b"begin\n")
-        await asyncio.sleep(30)
-        return resp
-
-    proxy = await proxy_to(endless, shutdown_grace="300ms")
+    proxy = await proxy_to(stalled_stream(b"begin\n", seconds=30), shutdown_grace="300ms")
     async with aiohttp.ClientSession() as s:
         r = await s.get(proxy.url("/"))
         assert await r.content.readuntil(b"\n") == b"begin\n"
@@ -74,12 +75,9 @@ async def test_a_signal_drains_and_exits_0(tmp_path: Path, sig: signal.Signals) 
     proc = await start_proxy_process(path)
     try:
         async with aiohttp.ClientSession() as s:
-            r = await s.get(f"http://127.0.0.1:{port}/logs?n=10")
-            assert (await r.content.readuntil(b"\n")).endswith(b"\n")
+            stream = await demo_log_stream(s, port)
             proc.send_signal(sig)
-            body = await asyncio.wait_for(r.content.read(), 10)
-            assert body.count(b"\n") == 9  # the stream in flight finished whole
-            r.release()
+            await assert_the_stream_ends_whole(stream)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:
         await stop_process(proc)

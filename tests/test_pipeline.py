@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import MakeProxy, origin, raw_exchange, serve_one
-from .support.common import paused_stream
+from .support.common import paused_stream, streamed
 
 TEXT = ("line one é\nline two 漢字\n" * 200).encode()
 
@@ -184,14 +184,7 @@ async def test_a_corrupt_encoded_body_aborts_the_client(
 async def test_a_transform_failing_mid_stream_aborts_and_is_counted(
     aiohttp_server, make_proxy: MakeProxy
 ) -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
-        for part in (b"before\n", b"after\n", b"later\n"):
-            await resp.write(part)
-            await asyncio.sleep(0.01)
-        return resp
-
+    handler = streamed(b"before\n", b"after\n", b"later\n", content_type="text/plain", pause=0.01)
     up = await serve_one(aiohttp_server, handler)
     proxy = await make_proxy(
         {"up": [origin(up)]}, route({"tests.sample_plugins:FailAfter": {"count": 1}})

@@ -28,20 +28,16 @@ from proxy.transform.text.spec import TextSpec, parse_text
 from .test_text_sse import whatwg_events
 from .transform_support import chunkings, make_ctx
 
-PATTERNS = [
-    r"sk-[A-Za-z0-9]{20,}",
-    r"AKIA[A-Z0-9]{16}",
-    r"(?i)password=\S+",
-    r"[\w.+-]+@[\w-]+\.[\w.]+",
-    r"\b(?:\d[ -]?){13,16}\b",
+# Each pattern, with a secret it catches.
+CAUGHT = [
+    (r"sk-[A-Za-z0-9]{20,}", "sk-" + "aB3dE5fG7hJ9kL1mN2pQ4rS6"),
+    (r"AKIA[A-Z0-9]{16}", "AKIA" + "ABCDEFGHIJ123456"),
+    (r"(?i)password=\S+", "password=hunter2xyz"),
+    (r"[\w.+-]+@[\w-]+\.[\w.]+", "jane.doe@example.com"),
+    (r"\b(?:\d[ -]?){13,16}\b", "4111 1111 1111 1111"),
 ]
-SECRETS = [
-    "sk-" + "aB3dE5fG7hJ9kL1mN2pQ4rS6",
-    "AKIA" + "ABCDEFGHIJ123456",
-    "password=hunter2xyz",
-    "jane.doe@example.com",
-    "4111 1111 1111 1111",
-]
+PATTERNS = [pattern for pattern, _ in CAUGHT]
+SECRETS = [secret for _, secret in CAUGHT]
 SETTINGS = settings(
     deadline=None,
     database=None,

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from plugins.redact import redact_reference
 
 from .conftest import MakeProxy, ProxyTo, origin, raw_exchange, serve_one
+from .support.common import streamed
 from .test_text_sse import whatwg_events
 
 KEY = r"sk-[A-Za-z0-9]{20,}"
@@ -136,14 +137,8 @@ async def test_a_sample_of_random_splits_through_the_proxy_matches_the_reference
 async def test_data_that_is_not_json_aborts_the_stream_as_a_transform_error(
     aiohttp_server, make_proxy: MakeProxy
 ) -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(chunk("fine "))
-        await resp.write(b'data: {"choices": [{"delta": {"content": "' + SECRET.encode() + b"\n\n")
-        await resp.write(chunk("after"))
-        return resp
-
+    broken = b'data: {"choices": [{"delta": {"content": "' + SECRET.encode() + b"\n\n"
+    handler = streamed(chunk("fine "), broken, chunk("after"), content_type="text/event-stream")
     up = await serve_one(aiohttp_server, handler)
     proxy = await make_proxy({"up": [origin(up)]}, route(text="openai"))
     data = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

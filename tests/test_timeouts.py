@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MakeProxy, origin, raw_exchange, read_head, serve_one
+from .conftest import MakeProxy, Proxy, origin, raw_exchange, read_head, serve_one
 from .support.common import ROUTE, assert_upstream_timeout, blackhole
 from .support.raw_upstream import raw_upstream, silent
 
@@ -62,6 +62,16 @@ def chunked_payload(body: bytes) -> tuple[bytes, bool]:
     raise AssertionError("too many chunks")
 
 
+async def assert_a_timeout_after(proxy: Proxy, seconds: float) -> None:
+    """A GET through ``proxy`` gets its 504 ``upstream_timeout`` after ``seconds`` (and well
+    within 3 s), and is logged as a timeout."""
+    started = time.monotonic()
+    await assert_upstream_timeout(proxy.url("/"))
+    assert seconds <= time.monotonic() - started < 3
+    (line,) = await proxy.until_logged()
+    assert line["outcome"] == "timeout" and line["status"] == 504
+
+
 # -- connect_timeout ---------------------------------------------------------------------------
 
 
@@ -70,12 +80,7 @@ async def test_a_connect_timeout_is_a_504_after_connect_timeout_not_read_timeout
 ) -> None:
     with blackhole() as target:
         upstreams = {"up": {"targets": [target], "connect_timeout": "300ms", "read_timeout": "20s"}}
-        proxy = await make_proxy(upstreams, ROUTE)
-        started = time.monotonic()
-        await assert_upstream_timeout(proxy.url("/"))
-        assert 0.3 <= time.monotonic() - started < 3
-    (line,) = await proxy.until_logged()
-    assert line["outcome"] == "timeout" and line["status"] == 504
+        await assert_a_timeout_after(await make_proxy(upstreams, ROUTE), 0.3)
 
 
 async def test_a_connect_timeout_is_retried_on_another_target(
@@ -189,12 +194,7 @@ async def test_a_route_total_before_the_headers_is_a_504(make_proxy: MakeProxy) 
     async with raw_upstream(silent) as up:
         upstreams = {"up": {"targets": [up.origin], "read_timeout": "20s"}}
         routes = [{**ROUTE[0], "timeout": "500ms"}]
-        proxy = await make_proxy(upstreams, routes)
-        started = time.monotonic()
-        await assert_upstream_timeout(proxy.url("/"))
-        assert 0.5 <= time.monotonic() - started < 3
-    (line,) = await proxy.until_logged()
-    assert line["outcome"] == "timeout" and line["status"] == 504
+        await assert_a_timeout_after(await make_proxy(upstreams, routes), 0.5)
 
 
 async def test_a_route_total_cuts_a_stream_that_is_still_flowing(

@@ -85,6 +85,12 @@ def recorder(seen: list[dict[str, str]], body: bytes = b"password=hunter2 ok\n")
     return app
 
 
+async def answering_ok(aiohttp_server: Any) -> tuple[list[dict[str, str]], Any]:
+    """The headers of each request a ``recorder`` answering "ok" got, and that server."""
+    seen: list[dict[str, str]] = []
+    return seen, await aiohttp_server(recorder(seen, b"ok"))
+
+
 async def test_server_span_continues_the_client_trace_and_the_upstream_sees_the_client_span(
     aiohttp_server, receiver: tuple[Receiver, str], traced_proxy: TracedProxy
 ) -> None:
@@ -161,8 +167,7 @@ async def test_each_attempt_is_a_client_span_so_retries_show(
     aiohttp_server, receiver: tuple[Receiver, str], traced_proxy: TracedProxy, unused_tcp_port
 ) -> None:
     rcv, collector = receiver
-    seen: list[dict[str, str]] = []
-    up = await aiohttp_server(recorder(seen, b"ok"))
+    seen, up = await answering_ok(aiohttp_server)
     dead = f"http://127.0.0.1:{unused_tcp_port}"
     # Round robin starts at the second target: the dead one is tried first.
     upstreams = {"api": {"targets": [origin(up), dead], "retries": 1, "max_fails": 0}}
@@ -234,8 +239,7 @@ async def test_sampling_follows_the_client_and_the_ratio(
     aiohttp_server, receiver: tuple[Receiver, str], traced_proxy: TracedProxy
 ) -> None:
     rcv, collector = receiver
-    seen: list[dict[str, str]] = []
-    up = await aiohttp_server(recorder(seen, b"ok"))
+    seen, up = await answering_ok(aiohttp_server)
     proxy = await traced_proxy(
         {"api": [origin(up)]},
         [{"upstream": "api"}],
@@ -260,8 +264,7 @@ async def test_sampling_follows_the_client_and_the_ratio(
 async def test_off_by_default_traceparent_passes_and_nothing_is_imported(
     aiohttp_server, traced_proxy: TracedProxy
 ) -> None:
-    seen: list[dict[str, str]] = []
-    up = await aiohttp_server(recorder(seen, b"ok"))
+    seen, up = await answering_ok(aiohttp_server)
     proxy = await traced_proxy({"api": [origin(up)]}, [{"upstream": "api"}], None)
     headers = {"traceparent": traceparent(), "tracestate": "a=1"}
     async with aiohttp.ClientSession() as s, s.get(proxy.url("/"), headers=headers) as r:
@@ -307,8 +310,7 @@ async def test_workers_each_export_their_spans(
     aiohttp_server, receiver: tuple[Receiver, str], tmp_path, unused_tcp_port
 ) -> None:
     rcv, collector = receiver
-    seen: list[dict[str, str]] = []
-    up = await aiohttp_server(recorder(seen, b"ok"))
+    seen, up = await answering_ok(aiohttp_server)
     config = tmp_path / "proxy.yaml"
     config.write_text(
         json.dumps(
@@ -348,8 +350,7 @@ async def test_failures_mark_the_spans_and_uploads_are_counted(
     aiohttp_server, receiver: tuple[Receiver, str], traced_proxy: TracedProxy, unused_tcp_port
 ) -> None:
     rcv, collector = receiver
-    seen: list[dict[str, str]] = []
-    up = await aiohttp_server(recorder(seen, b"ok"))
+    _, up = await answering_ok(aiohttp_server)
     upstreams = {"api": [origin(up)], "dead": [f"http://127.0.0.1:{unused_tcp_port}"]}
     routes = [
         {"name": "down", "match": {"path_prefix": "/down/"}, "upstream": "dead"},

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -73,24 +74,30 @@ def echo_app(
     return app
 
 
-async def echo_proxy(
-    aiohttp_server: Any, make_proxy: MakeProxy, **options: Any
-) -> tuple[Proxy, Upstream]:
-    seen = Upstream()
-    up = await aiohttp_server(echo_app(seen, **options))
-    seen.origin = origin(up)
-    proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
-    return proxy, seen
+EchoProxy = Callable[..., Awaitable[tuple[Proxy, Upstream]]]
+
+
+@pytest.fixture
+def echo_proxy(aiohttp_server: Any, make_proxy: MakeProxy) -> EchoProxy:
+    """A proxy (``ROUTE``) in front of an ``echo_app`` (its ``options`` the keywords), and
+    what that upstream saw."""
+
+    async def start(**options: Any) -> tuple[Proxy, Upstream]:
+        seen = Upstream()
+        up = await aiohttp_server(echo_app(seen, **options))
+        seen.origin = origin(up)
+        proxy = await make_proxy({"up": [origin(up)]}, ROUTE)
+        return proxy, seen
+
+    return start
 
 
 async def receive(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
     return await asyncio.wait_for(ws.receive(), 5.0)
 
 
-async def test_text_and_binary_messages_are_relayed_both_ways(
-    aiohttp_server: Any, make_proxy: MakeProxy
-) -> None:
-    proxy, seen = await echo_proxy(aiohttp_server, make_proxy)
+async def test_text_and_binary_messages_are_relayed_both_ways(echo_proxy: EchoProxy) -> None:
+    proxy, seen = await echo_proxy()
     async with aiohttp.ClientSession() as s, s.ws_connect(proxy.url("/chat")) as ws:
         await ws.send_str("héllo")
         msg = await receive(ws)
@@ -115,10 +122,8 @@ async def test_text_and_binary_messages_are_relayed_both_ways(
     assert target.outstanding == 0
 
 
-async def test_ping_reaches_the_upstream_and_its_pong_the_client(
-    aiohttp_server: Any, make_proxy: MakeProxy
-) -> None:
-    proxy, seen = await echo_proxy(aiohttp_server, make_proxy)
+async def test_ping_reaches_the_upstream_and_its_pong_the_client(echo_proxy: EchoProxy) -> None:
+    proxy, seen = await echo_proxy()
     async with aiohttp.ClientSession() as s:
         async with s.ws_connect(proxy.url("/"), autoping=False) as ws:
             await ws.ping(b"are you there")
@@ -152,10 +157,8 @@ async def test_an_upstream_ping_reaches_the_client(proxy_to: ProxyTo) -> None:
     assert pongs == [b"beat"]
 
 
-async def test_a_client_close_code_and_reason_reach_the_upstream(
-    aiohttp_server: Any, make_proxy: MakeProxy
-) -> None:
-    proxy, seen = await echo_proxy(aiohttp_server, make_proxy)
+async def test_a_client_close_code_and_reason_reach_the_upstream(echo_proxy: EchoProxy) -> None:
+    proxy, seen = await echo_proxy()
     async with aiohttp.ClientSession() as s, s.ws_connect(proxy.url("/")) as ws:
         await ws.send_str("x")
         await receive(ws)
@@ -170,10 +173,8 @@ async def test_a_client_close_code_and_reason_reach_the_upstream(
     assert line["outcome"] == "ok"
 
 
-async def test_an_upstream_close_code_and_reason_reach_the_client(
-    aiohttp_server: Any, make_proxy: MakeProxy
-) -> None:
-    proxy, seen = await echo_proxy(aiohttp_server, make_proxy, close_after=b"stop")
+async def test_an_upstream_close_code_and_reason_reach_the_client(echo_proxy: EchoProxy) -> None:
+    proxy, seen = await echo_proxy(close_after=b"stop")
     async with aiohttp.ClientSession() as s, s.ws_connect(proxy.url("/")) as ws:
         await ws.send_bytes(b"stop")
         msg = await receive(ws)
@@ -188,10 +189,8 @@ async def test_an_upstream_close_code_and_reason_reach_the_client(
     assert proxy.server.runtime.upstreams["up"].targets[0].outstanding == 0
 
 
-async def test_the_subprotocol_is_negotiated_with_the_upstream(
-    aiohttp_server: Any, make_proxy: MakeProxy
-) -> None:
-    proxy, seen = await echo_proxy(aiohttp_server, make_proxy, protocols=("v2.chat",))
+async def test_the_subprotocol_is_negotiated_with_the_upstream(echo_proxy: EchoProxy) -> None:
+    proxy, seen = await echo_proxy(protocols=("v2.chat",))
     async with aiohttp.ClientSession() as s:
         async with s.ws_connect(proxy.url("/"), protocols=("v1.chat", "v2.chat")) as ws:
             assert ws.protocol == "v2.chat"
@@ -227,9 +226,9 @@ async def test_routed_like_any_request_with_the_stripped_raw_path(
 
 
 async def test_forwarding_headers_and_the_request_id_reach_the_upstream(
-    aiohttp_server: Any, make_proxy: MakeProxy
+    echo_proxy: EchoProxy,
 ) -> None:
-    proxy, seen = await echo_proxy(aiohttp_server, make_proxy)
+    proxy, seen = await echo_proxy()
     headers = {"X-Request-ID": "ws-req-1", "X-Forwarded-For": "10.0.0.1", "X-Custom": "kept"}
     async with aiohttp.ClientSession() as s:
         async with s.ws_connect(proxy.url("/"), headers=headers) as ws:
@@ -290,9 +289,9 @@ async def test_a_refused_port_gives_a_502(make_proxy: MakeProxy) -> None:
 
 
 async def test_an_invalid_client_handshake_gives_400_without_reaching_the_upstream(
-    aiohttp_server: Any, make_proxy: MakeProxy
+    echo_proxy: EchoProxy,
 ) -> None:
-    proxy, seen = await echo_proxy(aiohttp_server, make_proxy)
+    proxy, seen = await echo_proxy()
     headers = {**handshake_headers(), "Sec-WebSocket-Version": "5"}
     async with aiohttp.ClientSession() as s:
         async with s.get(proxy.url("/"), headers=headers) as r:
@@ -300,10 +299,8 @@ async def test_an_invalid_client_handshake_gives_400_without_reaching_the_upstre
     assert seen.requests == []
 
 
-async def test_a_vanished_client_closes_the_upstream_side(
-    aiohttp_server: Any, make_proxy: MakeProxy
-) -> None:
-    proxy, seen = await echo_proxy(aiohttp_server, make_proxy)
+async def test_a_vanished_client_closes_the_upstream_side(echo_proxy: EchoProxy) -> None:
+    proxy, seen = await echo_proxy()
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     try:
         head = "".join(f"{k}: {v}\r\n" for k, v in handshake_headers().items())
@@ -339,10 +336,8 @@ async def test_a_vanished_upstream_closes_the_client_side(proxy_to: ProxyTo) -> 
     assert line["outcome"] == "upstream_error"
 
 
-async def test_a_one_mebibyte_binary_message_passes_intact_both_ways(
-    aiohttp_server: Any, make_proxy: MakeProxy
-) -> None:
-    proxy, seen = await echo_proxy(aiohttp_server, make_proxy)
+async def test_a_one_mebibyte_binary_message_passes_intact_both_ways(echo_proxy: EchoProxy) -> None:
+    proxy, seen = await echo_proxy()
     payload = os.urandom(1024 * 1024)
     async with aiohttp.ClientSession() as s:
         async with s.ws_connect(proxy.url("/"), max_msg_size=0) as ws:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -526,16 +526,30 @@ async def close_from_upstream(url: str) -> tuple[int, str]:
         return ws.protocol.close_rcvd.code, ws.protocol.close_rcvd.reason
 
 
-async def test_a_websocket_close_from_the_client_gets_the_upstreams_answer_as_directly(
+Close = tuple[int, str]
+
+
+async def directly_and_proxied(
     make_proxy: MakeProxy,
-) -> None:
-    async with websockets_upstream() as (origin, got):
-        direct = await close_from_client(origin)
+    session: Callable[[str], Awaitable[Close]],
+    closes_with: Close | None = None,
+) -> tuple[Close, Close, list[Close]]:
+    """``session`` run against a ``websockets_upstream`` directly, then through a proxy: the
+    close each run got back, and the close frames the upstream got (both, once recorded)."""
+    async with websockets_upstream(closes_with=closes_with) as (origin, got):
+        direct = await session(origin)
         proxy = await start(make_proxy, origin)
-        proxied = await close_from_client(proxy.url("/"))
+        proxied = await session(proxy.url("/"))
         async with asyncio.timeout(5):
             while len(got) < 2:  # noqa: ASYNC110 - the server records after its handler
                 await asyncio.sleep(0.01)
+    return direct, proxied, got
+
+
+async def test_a_websocket_close_from_the_client_gets_the_upstreams_answer_as_directly(
+    make_proxy: MakeProxy,
+) -> None:
+    direct, proxied, got = await directly_and_proxied(make_proxy, close_from_client)
     assert direct == (4001, "client says bye")
     assert proxied == direct  # the answer's code and reason, back to the client that closed
     assert got == [direct, direct]
@@ -544,13 +558,9 @@ async def test_a_websocket_close_from_the_client_gets_the_upstreams_answer_as_di
 async def test_a_websocket_close_from_the_upstream_gets_the_clients_answer_as_directly(
     make_proxy: MakeProxy,
 ) -> None:
-    async with websockets_upstream(closes_with=(4002, "upstream says bye")) as (origin, got):
-        direct = await close_from_upstream(origin)
-        proxy = await start(make_proxy, origin)
-        proxied = await close_from_upstream(proxy.url("/"))
-        async with asyncio.timeout(5):
-            while len(got) < 2:  # noqa: ASYNC110 - the server records after its handler
-                await asyncio.sleep(0.01)
+    direct, proxied, got = await directly_and_proxied(
+        make_proxy, close_from_upstream, closes_with=(4002, "upstream says bye")
+    )
     assert direct == proxied == (4002, "upstream says bye")
     assert got[1] == got[0] == (4002, "upstream says bye")  # the client's answer, relayed
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 
 from .conftest import start_proxy_process, stop_process
-from .support.common import demo_config
+from .support.common import assert_the_stream_ends_whole, demo_config, demo_log_stream
 
 
 async def test_two_workers_share_the_port_add_up_metrics_and_drain_together(
@@ -39,8 +39,7 @@ async def test_two_workers_share_the_port_add_up_metrics_and_drain_together(
             # Both workers served: each wrote its own counter file.
             assert len(list(metrics_dir.glob("counter_*.db"))) >= 2
 
-            stream = await s.get(f"http://127.0.0.1:{port}/logs?n=10")
-            await stream.content.readuntil(b"\n")
+            stream = await demo_log_stream(s, port)
             proc.send_signal(signal.SIGTERM)
             for _ in range(100):  # bounded: the signal reaches another process
                 async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
@@ -48,9 +47,7 @@ async def test_two_workers_share_the_port_add_up_metrics_and_drain_together(
                         break
                 await asyncio.sleep(0.02)
             assert r.status == 503
-            body = await asyncio.wait_for(stream.content.read(), 10)
-            assert body.count(b"\n") == 9  # the stream in flight finished whole
-            stream.release()
+            await assert_the_stream_ends_whole(stream)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
         await stop_process(proc)

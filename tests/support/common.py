@@ -43,6 +43,51 @@ def paused_stream(
     return handler
 
 
+def streamed(*parts: bytes, content_type: str, pause: float = 0.0) -> Handler:
+    """A handler that streams ``parts`` one write each (``pause`` seconds after each, if any)
+    as ``content_type`` and ends the response."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": content_type})
+        await resp.prepare(request)
+        for part in parts:
+            await resp.write(part)
+            if pause:
+                await asyncio.sleep(pause)
+        return resp
+
+    return handler
+
+
+def stalled_stream(first: bytes, *, seconds: float) -> Handler:
+    """A handler that streams ``first``, then sends nothing more for ``seconds`` (longer than
+    the test waits) before it ends the response."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(first)
+        await asyncio.sleep(seconds)
+        return resp
+
+    return handler
+
+
+def plain_and_transformed(plain: str, transformed: str) -> list[dict[str, Any]]:
+    """Two routes to the upstream "up", by path prefix: ``plain`` with no transforms, and
+    ``transformed`` through one that passes everything on (and counts how often its generator
+    was closed)."""
+    return [
+        {"name": "plain", "match": {"path_prefix": plain}, "upstream": "up"},
+        {
+            "name": "transformed",
+            "match": {"path_prefix": transformed},
+            "upstream": "up",
+            "transforms": [{"tests.sample_plugins:FailAfter": {"count": 10**9}}],
+        },
+    ]
+
+
 async def assert_upstream_timeout(url: str) -> None:
     """A GET of ``url`` gets the proxy's 504 ``upstream_timeout``."""
     async with aiohttp.ClientSession() as s, s.get(url) as r:
@@ -92,6 +137,21 @@ def blackhole() -> Iterator[str]:
         for s in fillers:
             s.close()
         listener.close()
+
+
+async def demo_log_stream(session: aiohttp.ClientSession, port: int) -> aiohttp.ClientResponse:
+    """A stream of ten lines from the demo upstream through the proxy on ``port``, once its
+    first whole line has come."""
+    stream = await session.get(f"http://127.0.0.1:{port}/logs?n=10")
+    assert (await stream.content.readuntil(b"\n")).endswith(b"\n")
+    return stream
+
+
+async def assert_the_stream_ends_whole(stream: aiohttp.ClientResponse) -> None:
+    """The rest of a ``demo_log_stream`` comes (bounded): its other nine lines, not cut."""
+    body = await asyncio.wait_for(stream.content.read(), 10)
+    assert body.count(b"\n") == 9  # the stream in flight finished whole
+    stream.release()
 
 
 def demo_config(tmp_path: Path, grace: str = "10s", workers: int = 1) -> tuple[Path, int, int]:
