@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import re
-import resource
 import signal
 import statistics
 import subprocess
@@ -1145,12 +1144,7 @@ def main() -> int:
     )
     args.budget = args.budget or (900 if args.quick else 3600)
     os.environ["NO_PROXY"] = "127.0.0.1,localhost"  # the SDK's httpx honours *_PROXY
-    if procs.can_pin():
-        os.sched_setaffinity(0, {int(LOAD_CPU)})  # the client's core, with the upstream
-    else:
-        say("fewer than 2 cores or no taskset: nothing is pinned")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    procs.set_up_client(LOAD_CPU)  # the client's core, with the upstream
 
     code = {"n": 3}
 
@@ -1167,18 +1161,9 @@ def main() -> int:
 
     for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    signal.alarm(args.budget)
-    try:
-        return run(args, s)
-    except Abort as e:
-        say(f"aborted: {e}")
-        return code["n"]
-    except (RuntimeError, OSError) as e:
-        say(f"cannot run M6: {e}")
-        return 2
-    finally:
-        signal.alarm(0)
-        procs.stop_all()
+    return procs.run_within_budget(
+        lambda: run(args, s), args.budget, Abort, lambda: code["n"], "M6"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 _CHILDREN: list[Proc] = []
@@ -111,6 +113,47 @@ def stop_all() -> None:
 
 
 atexit.register(stop_all)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def set_up_client(cpu: str) -> None:
+    """Pin this process, the harness's load client, to ``cpu`` (when pinning is on), and raise
+    its open-file limit for the many client sockets."""
+    if can_pin():
+        os.sched_setaffinity(0, {int(cpu)})
+    else:
+        _say("fewer than 2 cores or no taskset: nothing is pinned")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+
+
+def run_within_budget(
+    run: Callable[[], int],
+    budget: int,
+    aborted: type[BaseException],
+    abort_code: Callable[[], int],
+    what: str,
+) -> int:
+    """``run()`` under a SIGALRM in ``budget`` s, its children stopped however it ends.
+
+    The caller's signal handlers raise ``aborted``: that is said and ends with ``abort_code()``;
+    a set-up failure (RuntimeError, OSError: the upstream, the results folder) ends with 2.
+    """
+    signal.alarm(budget)
+    try:
+        return run()
+    except aborted as e:
+        _say(f"aborted: {e}")
+        return abort_code()
+    except (RuntimeError, OSError) as e:
+        _say(f"cannot run {what}: {e}")
+        return 2
+    finally:
+        signal.alarm(0)
+        stop_all()
 
 
 def free_port() -> int:

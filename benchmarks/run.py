@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import signal
 import subprocess
 import sys
@@ -299,12 +298,7 @@ def main() -> int:
     if args.quiet_wait is None:
         args.quiet_wait = 5.0 if args.quick else 15.0
 
-    if procs.can_pin():
-        os.sched_setaffinity(0, {int(peers.LOAD_CPU)})  # the Python load client's core
-    else:
-        say("fewer than 2 cores or no taskset: nothing is pinned")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    procs.set_up_client(peers.LOAD_CPU)  # the Python load client's core
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGALRM:
@@ -313,18 +307,9 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGALRM, on_signal)
-    signal.alarm(args.budget)
-    try:
-        return run(args)
-    except BudgetExceeded as e:
-        say(f"aborted: {e}")
-        return 3
-    except (RuntimeError, OSError) as e:  # set-up failures (the upstream, the results folder)
-        say(f"cannot run the benchmarks: {e}")
-        return 2
-    finally:
-        signal.alarm(0)
-        procs.stop_all()
+    return procs.run_within_budget(
+        lambda: run(args), args.budget, BudgetExceeded, lambda: 3, "the benchmarks"
+    )
 
 
 if __name__ == "__main__":
