@@ -260,32 +260,8 @@ def ensure_litellm(log: list[str], timeout: float = 900.0) -> tuple[str | None, 
     exe = LITELLM_VENV / "bin" / "litellm"
     py = LITELLM_VENV / "bin" / "python"
     if not exe.exists():
-        try:
-            if not py.exists():
-                say(f"creating a venv in {LITELLM_VENV} ...")
-                r = subprocess.run(
-                    [sys.executable, "-m", "venv", str(LITELLM_VENV)],
-                    timeout=120,
-                    capture_output=True,
-                    check=False,
-                )
-                if r.returncode != 0:
-                    log.append(f"venv: {r.stderr.decode(errors='replace')[-400:]}")
-                    return None, ""
-            spec = f"litellm[proxy]=={LITELLM_VERSION}"
-            say(f"installing {spec} into {LITELLM_VENV} (a few minutes) ...")
-            r = subprocess.run(
-                [str(py), "-m", "pip", "install", "-q", spec],
-                timeout=timeout,
-                capture_output=True,
-                check=False,
-            )
-            if r.returncode != 0:
-                log.append(f"pip install {spec}: {r.stderr.decode(errors='replace')[-600:]}")
-        except subprocess.TimeoutExpired:
-            log.append("litellm: creating the venv or pip install timed out")
-        except OSError as e:
-            log.append(f"litellm: {e}")
+        spec = f"litellm[proxy]=={LITELLM_VERSION}"
+        procs.pip_install_in_venv(LITELLM_VENV, spec, "litellm", log, timeout, " (a few minutes)")
     if not exe.exists():
         return None, ""
     version = ""

@@ -232,17 +232,18 @@ def ensure_tool(binary: str, packages: list[str], log: list[str]) -> str | None:
     )
 
 
-def ensure_venv_tool(binary: str, package: str, venv: Path, log: list[str]) -> str | None:
-    """Path of ``binary``: on PATH, else in ``venv``, else pip-installs ``package`` there."""
-    found = shutil.which(binary)
-    if found:
-        return found
-    exe = venv / "bin" / binary
-    if exe.exists():
-        return str(exe)
+def pip_install_in_venv(
+    venv: Path, spec: str, what: str, log: list[str], timeout: float = 600.0, note: str = ""
+) -> None:
+    """pip-install ``spec`` into the venv ``venv``, creating the venv first when it has none.
+
+    What fails goes to ``log`` (a timeout or an OSError under the name ``what``); the caller
+    looks for the installed file itself.
+    """
+    py = venv / "bin" / "python"
     try:
-        if not (venv / "bin" / "pip").exists():
-            print(f"creating a venv in {venv} ...", file=sys.stderr, flush=True)
+        if not py.exists():
+            _say(f"creating a venv in {venv} ...")
             r = subprocess.run(
                 [sys.executable, "-m", "venv", str(venv)],
                 timeout=120,
@@ -250,19 +251,29 @@ def ensure_venv_tool(binary: str, package: str, venv: Path, log: list[str]) -> s
                 check=False,
             )
             if r.returncode != 0:
-                log.append(f"venv {venv}: {r.stderr.decode(errors='replace')[-300:]}")
-                return None
-        print(f"installing {package} into {venv} ...", file=sys.stderr, flush=True)
+                log.append(f"venv {venv}: {r.stderr.decode(errors='replace')[-400:]}")
+                return
+        _say(f"installing {spec} into {venv}{note} ...")
         r = subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", package],
-            timeout=600,
+            [str(py), "-m", "pip", "install", "-q", spec],
+            timeout=timeout,
             capture_output=True,
             check=False,
         )
         if r.returncode != 0:
-            log.append(f"pip install {package}: {r.stderr.decode(errors='replace')[-300:]}")
+            log.append(f"pip install {spec}: {r.stderr.decode(errors='replace')[-600:]}")
     except subprocess.TimeoutExpired:
-        log.append(f"{binary}: creating the venv or pip install timed out")
+        log.append(f"{what}: creating the venv or pip install timed out")
     except OSError as e:
-        log.append(f"{binary}: {e}")
+        log.append(f"{what}: {e}")
+
+
+def ensure_venv_tool(binary: str, package: str, venv: Path, log: list[str]) -> str | None:
+    """Path of ``binary``: on PATH, else in ``venv``, else pip-installs ``package`` there."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    exe = venv / "bin" / binary
+    if not exe.exists():
+        pip_install_in_venv(venv, package, binary, log)
     return str(exe) if exe.exists() else None
