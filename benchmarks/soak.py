@@ -70,9 +70,13 @@ MiB = 1024 * 1024
 
 
 def origin_app() -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/small")
     async def small(_: web.Request) -> web.Response:
         return web.Response(body=SMALL, content_type="text/plain")
 
+    @routes.get("/stream")
     async def stream(request: web.Request) -> web.StreamResponse:
         n = min(int(request.query.get("n", "20")), 1000)
         interval = min(float(request.query.get("interval", "0.01")), 1.0)
@@ -84,6 +88,7 @@ def origin_app() -> web.Application:
                 await asyncio.sleep(interval)
         return resp
 
+    @routes.get("/endless")
     async def endless(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await resp.prepare(request)
@@ -93,6 +98,7 @@ def origin_app() -> web.Application:
                 await asyncio.sleep(0.02)
         return resp
 
+    @routes.get("/silent")
     async def silent(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await resp.prepare(request)
@@ -101,6 +107,7 @@ def origin_app() -> web.Application:
             await asyncio.sleep(5)  # far past the route's read_timeout
         return resp
 
+    @routes.get("/reset")
     async def reset(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await resp.prepare(request)
@@ -113,16 +120,12 @@ def origin_app() -> web.Application:
             transport.abort()  # RST
         return resp
 
+    @routes.post("/upload")
     async def upload(request: web.Request) -> web.Response:
         return web.Response(text=str(len(await request.read())))
 
     app = web.Application()
-    app.router.add_get("/small", small)
-    app.router.add_get("/stream", stream)
-    app.router.add_get("/endless", endless)
-    app.router.add_get("/silent", silent)
-    app.router.add_get("/reset", reset)
-    app.router.add_post("/upload", upload)
+    app.add_routes(routes)
     return app
 
 
