@@ -20,7 +20,6 @@ import datetime as dt
 import importlib
 import json
 import os
-import platform
 import re
 import signal
 import statistics
@@ -39,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import llm_upstream as llm
 import procs
+import procstat
 import yaml
 from load import run_async
 from peers import LOAD_CPU, PROXY_CPU, REPO, Peer
@@ -973,14 +973,7 @@ def notes(cols: list[str], med: dict[str, dict[str, Any]], runs: dict[str, list[
 def machine(python: str) -> dict[str, str]:
     import openai
 
-    model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-    return {
-        "cpus": str(os.cpu_count()),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+    return procstat.machine() | {
         "openai_sdk": openai.__version__,
         "sdk_transport": TRANSPORT.get("kind", "?"),
         "pinning": "peers on core 0, upstream + client on core 1" if procs.can_pin() else "off",

@@ -10,11 +10,9 @@ Markdown table of medians and ratios; writes the raw numbers as JSON. See benchm
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -28,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import measures
 import peers
 import procs
+import procstat
 import report
 from measures import MEASURES, Ctx, Measure
 from peers import Peer
@@ -69,9 +68,6 @@ def _version(argv: list[str]) -> str:
 
 
 def machine() -> dict[str, str]:
-    model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
     import aiohttp
 
     try:
@@ -80,11 +76,7 @@ def machine() -> dict[str, str]:
         uv = uvloop.__version__
     except ImportError:
         uv = "missing"
-    return {
-        "cpus": str(os.cpu_count()),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+    return procstat.machine() | {
         "aiohttp": aiohttp.__version__,
         "uvloop": uv,
         "nginx": _version(["nginx", "-v"]),
