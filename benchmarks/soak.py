@@ -69,6 +69,13 @@ MiB = 1024 * 1024
 # -- the origin ------------------------------------------------------------------------------------
 
 
+async def _plain_text_stream(request: web.Request) -> web.StreamResponse:
+    """A streamed text/plain response to ``request``, its head sent."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    await resp.prepare(request)
+    return resp
+
+
 def origin_app() -> web.Application:
     routes = web.RouteTableDef()
 
@@ -80,8 +87,7 @@ def origin_app() -> web.Application:
     async def stream(request: web.Request) -> web.StreamResponse:
         n = min(int(request.query.get("n", "20")), 1000)
         interval = min(float(request.query.get("interval", "0.01")), 1.0)
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
+        resp = await _plain_text_stream(request)
         with contextlib.suppress(ConnectionError):
             for i in range(n):
                 await resp.write(b"line %d " % i + SECRET + b"\n")
@@ -90,8 +96,7 @@ def origin_app() -> web.Application:
 
     @routes.get("/endless")
     async def endless(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
+        resp = await _plain_text_stream(request)
         with contextlib.suppress(ConnectionError):
             for _ in range(30_000):  # bounded: ten minutes of ticks
                 await resp.write(b"tick\n" * 50)
@@ -100,8 +105,7 @@ def origin_app() -> web.Application:
 
     @routes.get("/silent")
     async def silent(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
+        resp = await _plain_text_stream(request)
         with contextlib.suppress(ConnectionError):
             await resp.write(b"first and last words\n")
             await asyncio.sleep(5)  # far past the route's read_timeout
@@ -109,8 +113,7 @@ def origin_app() -> web.Application:
 
     @routes.get("/reset")
     async def reset(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
+        resp = await _plain_text_stream(request)
         await resp.write(b"partial\n" * 100)
         transport = request.transport
         if transport is not None:
