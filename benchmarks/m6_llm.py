@@ -20,9 +20,7 @@ import datetime as dt
 import importlib
 import json
 import os
-import platform
 import re
-import resource
 import signal
 import statistics
 import subprocess
@@ -40,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import llm_upstream as llm
 import procs
+import procstat
 import yaml
 from load import run_async
 from peers import LOAD_CPU, PROXY_CPU, REPO, Peer
@@ -261,32 +260,8 @@ def ensure_litellm(log: list[str], timeout: float = 900.0) -> tuple[str | None, 
     exe = LITELLM_VENV / "bin" / "litellm"
     py = LITELLM_VENV / "bin" / "python"
     if not exe.exists():
-        try:
-            if not py.exists():
-                say(f"creating a venv in {LITELLM_VENV} ...")
-                r = subprocess.run(
-                    [sys.executable, "-m", "venv", str(LITELLM_VENV)],
-                    timeout=120,
-                    capture_output=True,
-                    check=False,
-                )
-                if r.returncode != 0:
-                    log.append(f"venv: {r.stderr.decode(errors='replace')[-400:]}")
-                    return None, ""
-            spec = f"litellm[proxy]=={LITELLM_VERSION}"
-            say(f"installing {spec} into {LITELLM_VENV} (a few minutes) ...")
-            r = subprocess.run(
-                [str(py), "-m", "pip", "install", "-q", spec],
-                timeout=timeout,
-                capture_output=True,
-                check=False,
-            )
-            if r.returncode != 0:
-                log.append(f"pip install {spec}: {r.stderr.decode(errors='replace')[-600:]}")
-        except subprocess.TimeoutExpired:
-            log.append("litellm: creating the venv or pip install timed out")
-        except OSError as e:
-            log.append(f"litellm: {e}")
+        spec = f"litellm[proxy]=={LITELLM_VERSION}"
+        procs.pip_install_in_venv(LITELLM_VENV, spec, "litellm", log, timeout, " (a few minutes)")
     if not exe.exists():
         return None, ""
     version = ""
@@ -998,14 +973,7 @@ def notes(cols: list[str], med: dict[str, dict[str, Any]], runs: dict[str, list[
 def machine(python: str) -> dict[str, str]:
     import openai
 
-    model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-    return {
-        "cpus": str(os.cpu_count()),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+    return procstat.machine() | {
         "openai_sdk": openai.__version__,
         "sdk_transport": TRANSPORT.get("kind", "?"),
         "pinning": "peers on core 0, upstream + client on core 1" if procs.can_pin() else "off",
@@ -1145,12 +1113,7 @@ def main() -> int:
     )
     args.budget = args.budget or (900 if args.quick else 3600)
     os.environ["NO_PROXY"] = "127.0.0.1,localhost"  # the SDK's httpx honours *_PROXY
-    if procs.can_pin():
-        os.sched_setaffinity(0, {int(LOAD_CPU)})  # the client's core, with the upstream
-    else:
-        say("fewer than 2 cores or no taskset: nothing is pinned")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    procs.set_up_client(LOAD_CPU)  # the client's core, with the upstream
 
     code = {"n": 3}
 
@@ -1167,18 +1130,9 @@ def main() -> int:
 
     for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    signal.alarm(args.budget)
-    try:
-        return run(args, s)
-    except Abort as e:
-        say(f"aborted: {e}")
-        return code["n"]
-    except (RuntimeError, OSError) as e:
-        say(f"cannot run M6: {e}")
-        return 2
-    finally:
-        signal.alarm(0)
-        procs.stop_all()
+    return procs.run_within_budget(
+        lambda: run(args, s), args.budget, Abort, lambda: code["n"], "M6"
+    )
 
 
 if __name__ == "__main__":

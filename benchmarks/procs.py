@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 _CHILDREN: list[Proc] = []
@@ -113,6 +115,47 @@ def stop_all() -> None:
 atexit.register(stop_all)
 
 
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def set_up_client(cpu: str) -> None:
+    """Pin this process, the harness's load client, to ``cpu`` (when pinning is on), and raise
+    its open-file limit for the many client sockets."""
+    if can_pin():
+        os.sched_setaffinity(0, {int(cpu)})
+    else:
+        _say("fewer than 2 cores or no taskset: nothing is pinned")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+
+
+def run_within_budget(
+    run: Callable[[], int],
+    budget: int,
+    aborted: type[BaseException],
+    abort_code: Callable[[], int],
+    what: str,
+) -> int:
+    """``run()`` under a SIGALRM in ``budget`` s, its children stopped however it ends.
+
+    The caller's signal handlers raise ``aborted``: that is said and ends with ``abort_code()``;
+    a set-up failure (RuntimeError, OSError: the upstream, the results folder) ends with 2.
+    """
+    signal.alarm(budget)
+    try:
+        return run()
+    except aborted as e:
+        _say(f"aborted: {e}")
+        return abort_code()
+    except (RuntimeError, OSError) as e:
+        _say(f"cannot run {what}: {e}")
+        return 2
+    finally:
+        signal.alarm(0)
+        stop_all()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -189,17 +232,18 @@ def ensure_tool(binary: str, packages: list[str], log: list[str]) -> str | None:
     )
 
 
-def ensure_venv_tool(binary: str, package: str, venv: Path, log: list[str]) -> str | None:
-    """Path of ``binary``: on PATH, else in ``venv``, else pip-installs ``package`` there."""
-    found = shutil.which(binary)
-    if found:
-        return found
-    exe = venv / "bin" / binary
-    if exe.exists():
-        return str(exe)
+def pip_install_in_venv(
+    venv: Path, spec: str, what: str, log: list[str], timeout: float = 600.0, note: str = ""
+) -> None:
+    """pip-install ``spec`` into the venv ``venv``, creating the venv first when it has none.
+
+    What fails goes to ``log`` (a timeout or an OSError under the name ``what``); the caller
+    looks for the installed file itself.
+    """
+    py = venv / "bin" / "python"
     try:
-        if not (venv / "bin" / "pip").exists():
-            print(f"creating a venv in {venv} ...", file=sys.stderr, flush=True)
+        if not py.exists():
+            _say(f"creating a venv in {venv} ...")
             r = subprocess.run(
                 [sys.executable, "-m", "venv", str(venv)],
                 timeout=120,
@@ -207,19 +251,29 @@ def ensure_venv_tool(binary: str, package: str, venv: Path, log: list[str]) -> s
                 check=False,
             )
             if r.returncode != 0:
-                log.append(f"venv {venv}: {r.stderr.decode(errors='replace')[-300:]}")
-                return None
-        print(f"installing {package} into {venv} ...", file=sys.stderr, flush=True)
+                log.append(f"venv {venv}: {r.stderr.decode(errors='replace')[-400:]}")
+                return
+        _say(f"installing {spec} into {venv}{note} ...")
         r = subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", package],
-            timeout=600,
+            [str(py), "-m", "pip", "install", "-q", spec],
+            timeout=timeout,
             capture_output=True,
             check=False,
         )
         if r.returncode != 0:
-            log.append(f"pip install {package}: {r.stderr.decode(errors='replace')[-300:]}")
+            log.append(f"pip install {spec}: {r.stderr.decode(errors='replace')[-600:]}")
     except subprocess.TimeoutExpired:
-        log.append(f"{binary}: creating the venv or pip install timed out")
+        log.append(f"{what}: creating the venv or pip install timed out")
     except OSError as e:
-        log.append(f"{binary}: {e}")
+        log.append(f"{what}: {e}")
+
+
+def ensure_venv_tool(binary: str, package: str, venv: Path, log: list[str]) -> str | None:
+    """Path of ``binary``: on PATH, else in ``venv``, else pip-installs ``package`` there."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    exe = venv / "bin" / binary
+    if not exe.exists():
+        pip_install_in_venv(venv, package, binary, log)
     return str(exe) if exe.exists() else None

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def machine() -> dict[str, str]:
+    """What every run records of the machine: its CPUs, their model, the kernel, the Python."""
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    return {
+        "cpus": str(os.cpu_count()),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -10,12 +10,9 @@ Markdown table of medians and ratios; writes the raw numbers as JSON. See benchm
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
-import platform
-import resource
 import signal
 import subprocess
 import sys
@@ -29,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import measures
 import peers
 import procs
+import procstat
 import report
 from measures import MEASURES, Ctx, Measure
 from peers import Peer
@@ -70,9 +68,6 @@ def _version(argv: list[str]) -> str:
 
 
 def machine() -> dict[str, str]:
-    model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
     import aiohttp
 
     try:
@@ -81,11 +76,7 @@ def machine() -> dict[str, str]:
         uv = uvloop.__version__
     except ImportError:
         uv = "missing"
-    return {
-        "cpus": str(os.cpu_count()),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+    return procstat.machine() | {
         "aiohttp": aiohttp.__version__,
         "uvloop": uv,
         "nginx": _version(["nginx", "-v"]),
@@ -299,12 +290,7 @@ def main() -> int:
     if args.quiet_wait is None:
         args.quiet_wait = 5.0 if args.quick else 15.0
 
-    if procs.can_pin():
-        os.sched_setaffinity(0, {int(peers.LOAD_CPU)})  # the Python load client's core
-    else:
-        say("fewer than 2 cores or no taskset: nothing is pinned")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    procs.set_up_client(peers.LOAD_CPU)  # the Python load client's core
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGALRM:
@@ -313,18 +299,9 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGALRM, on_signal)
-    signal.alarm(args.budget)
-    try:
-        return run(args)
-    except BudgetExceeded as e:
-        say(f"aborted: {e}")
-        return 3
-    except (RuntimeError, OSError) as e:  # set-up failures (the upstream, the results folder)
-        say(f"cannot run the benchmarks: {e}")
-        return 2
-    finally:
-        signal.alarm(0)
-        procs.stop_all()
+    return procs.run_within_budget(
+        lambda: run(args), args.budget, BudgetExceeded, lambda: 3, "the benchmarks"
+    )
 
 
 if __name__ == "__main__":

@@ -69,41 +69,51 @@ MiB = 1024 * 1024
 # -- the origin ------------------------------------------------------------------------------------
 
 
+async def _plain_text_stream(request: web.Request) -> web.StreamResponse:
+    """A streamed text/plain response to ``request``, its head sent."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    await resp.prepare(request)
+    return resp
+
+
 def origin_app() -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/small")
     async def small(_: web.Request) -> web.Response:
         return web.Response(body=SMALL, content_type="text/plain")
 
+    @routes.get("/stream")
     async def stream(request: web.Request) -> web.StreamResponse:
         n = min(int(request.query.get("n", "20")), 1000)
         interval = min(float(request.query.get("interval", "0.01")), 1.0)
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
+        resp = await _plain_text_stream(request)
         with contextlib.suppress(ConnectionError):
             for i in range(n):
                 await resp.write(b"line %d " % i + SECRET + b"\n")
                 await asyncio.sleep(interval)
         return resp
 
+    @routes.get("/endless")
     async def endless(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
+        resp = await _plain_text_stream(request)
         with contextlib.suppress(ConnectionError):
             for _ in range(30_000):  # bounded: ten minutes of ticks
                 await resp.write(b"tick\n" * 50)
                 await asyncio.sleep(0.02)
         return resp
 
+    @routes.get("/silent")
     async def silent(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
+        resp = await _plain_text_stream(request)
         with contextlib.suppress(ConnectionError):
             await resp.write(b"first and last words\n")
             await asyncio.sleep(5)  # far past the route's read_timeout
         return resp
 
+    @routes.get("/reset")
     async def reset(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
+        resp = await _plain_text_stream(request)
         await resp.write(b"partial\n" * 100)
         transport = request.transport
         if transport is not None:
@@ -113,16 +123,12 @@ def origin_app() -> web.Application:
             transport.abort()  # RST
         return resp
 
+    @routes.post("/upload")
     async def upload(request: web.Request) -> web.Response:
         return web.Response(text=str(len(await request.read())))
 
     app = web.Application()
-    app.router.add_get("/small", small)
-    app.router.add_get("/stream", stream)
-    app.router.add_get("/endless", endless)
-    app.router.add_get("/silent", silent)
-    app.router.add_get("/reset", reset)
-    app.router.add_post("/upload", upload)
+    app.add_routes(routes)
     return app
 
 

@@ -45,6 +45,10 @@ def _int_arg(request: web.Request, name: str, default: int, hi: int) -> int:
     return value
 
 
+routes = web.RouteTableDef()
+
+
+@routes.get("/1k")
 async def one_k(request: web.Request) -> web.Response:
     return web.Response(body=ONE_K, content_type="application/octet-stream")
 
@@ -68,11 +72,13 @@ async def _send(
     return resp
 
 
+@routes.get("/big")
 async def big(request: web.Request) -> web.StreamResponse:
     size = _int_arg(request, "size", 64 * 1024**2, MAX_SIZE)
     return await _send(request, None, size, "application/octet-stream")
 
 
+@routes.get("/text")
 async def text(request: web.Request) -> web.StreamResponse:
     size = _int_arg(request, "size", 64 * 1024**2, 1024**3)
     corpus = request.query.get("corpus", "sparse")
@@ -81,6 +87,7 @@ async def text(request: web.Request) -> web.StreamResponse:
     return await _send(request, make_text(size, corpus), size, "text/plain; charset=utf-8")
 
 
+@routes.get("/ticks")
 async def ticks(request: web.Request) -> web.StreamResponse:
     n = _int_arg(request, "n", 50, 100_000)
     try:
@@ -100,6 +107,7 @@ async def ticks(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+@routes.get("/idle")
 async def idle(request: web.Request) -> web.StreamResponse:
     try:
         hold = min(float(request.query.get("hold", "30")), MAX_HOLD)
@@ -116,6 +124,7 @@ async def idle(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+@routes.get("/release")
 async def release(request: web.Request) -> web.Response:
     request.app["release"].set()
     request.app["release"] = asyncio.Event()
@@ -125,12 +134,7 @@ async def release(request: web.Request) -> web.Response:
 def make_app() -> web.Application:
     app = web.Application()
     app["release"] = asyncio.Event()
-    app.router.add_get("/1k", one_k)
-    app.router.add_get("/big", big)
-    app.router.add_get("/text", text)
-    app.router.add_get("/ticks", ticks)
-    app.router.add_get("/idle", idle)
-    app.router.add_get("/release", release)
+    app.add_routes(routes)
     return app
 
 

@@ -103,13 +103,16 @@ def demo_app(
     ``token_interval`` the time between a chat answer's stream events (default ``interval / 10``,
     at most 50 ms, so that the answer reads as live; 0 streams it as fast as it can)."""
     pause = min(interval / 10, 0.05) if token_interval is None else token_interval
+    routes = web.RouteTableDef()
 
+    @routes.get("/")
     async def index(_: web.Request) -> web.Response:
         return web.Response(
             text="demo upstream: try /logs (a log tail), /events (server-sent events) or\n"
             "POST /v1/chat/completions (an OpenAI-compatible model named 'demo')\n"
         )
 
+    @routes.get("/logs")
     async def logs(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await resp.prepare(request)
@@ -122,6 +125,7 @@ def demo_app(
             await resp.write_eof()
         return resp
 
+    @routes.get("/events")
     async def events(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -137,14 +141,17 @@ def demo_app(
     def model_entry() -> dict[str, Any]:
         return {"id": MODEL, "object": "model", "created": 1700000000, "owned_by": "streamproxy"}
 
+    @routes.get("/v1/models")
     async def models(_: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [model_entry()]})
 
+    @routes.get("/v1/models/{name}")
     async def model(request: web.Request) -> web.Response:
         if request.match_info["name"] != MODEL:
             return _error(f"The model '{request.match_info['name']}' does not exist", status=404)
         return web.json_response(model_entry())
 
+    @routes.post("/v1/chat/completions")
     async def chat(request: web.Request) -> web.StreamResponse:
         try:
             body = json.loads(await request.read())
@@ -206,10 +213,5 @@ def demo_app(
         return resp
 
     app = web.Application()
-    app.router.add_get("/", index)
-    app.router.add_get("/logs", logs)
-    app.router.add_get("/events", events)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/v1/models/{name}", model)
-    app.router.add_post("/v1/chat/completions", chat)
+    app.add_routes(routes)
     return app

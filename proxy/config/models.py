@@ -70,6 +70,12 @@ def _target(value: str) -> str:
     return str(url.origin())
 
 
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must start with '/'")
+    return value
+
+
 def _forward_proxy(value: str) -> str:
     try:
         url = URL(value)
@@ -90,6 +96,7 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 Method = Annotated[str, AfterValidator(_method)]
 Target = Annotated[str, AfterValidator(_target)]
 ForwardProxy = Annotated[str, AfterValidator(_forward_proxy)]
+AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
 TransformEntry = Any  # a one-key mapping NAME: {options}, checked by plugin_loader
 
 
@@ -185,19 +192,12 @@ class UpstreamTLS(_Model):
 
 
 class HealthCheck(_Model):
-    path: str = "/"
+    path: AbsolutePath = "/"
     """Path probed on every target; a status under 500 is healthy."""
     interval: Duration = 10.0
     """Time between probes."""
     timeout: Duration = 2.0
     """A probe without an answer in this time fails."""
-
-    @field_validator("path")
-    @classmethod
-    def _slash(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("must start with '/'")
-        return value
 
 
 class UpstreamConfig(_Model):
@@ -237,19 +237,12 @@ class UpstreamConfig(_Model):
 
 
 class MatchConfig(_Model):
-    path_prefix: str = "/"
+    path_prefix: AbsolutePath = "/"
     """Plain string prefix of the raw path (`/logs/` does not match `/logs`)."""
     host: str | None = None
     """Client's Host, compared case-insensitively without the port."""
     methods: list[Method] | None = None
     """Methods this route takes (unset: all)."""
-
-    @field_validator("path_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("must start with '/'")
-        return value
 
     @field_validator("host")
     @classmethod

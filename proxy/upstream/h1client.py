@@ -251,11 +251,11 @@ class H1Connection(asyncio.Protocol):
         "writing_paused",
     )
 
-    def __init__(self, pool: H1Pool, key: Hashable, read_timeout: float) -> None:
+    def __init__(self, pool: H1Pool, key: Hashable) -> None:
         self.pool = pool
         self.key = key
         self.loop = asyncio.get_running_loop()
-        self.read_timeout = read_timeout
+        self.read_timeout = pool.read_timeout  # the pool's, kept at hand for every timer push
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.paused = False

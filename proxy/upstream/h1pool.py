@@ -96,7 +96,7 @@ class H1Pool:
 
     async def _connect(self, key: Hashable, endpoint: Endpoint) -> H1Connection:
         loop = asyncio.get_running_loop()
-        conn = H1Connection(self, key, self.read_timeout)
+        conn = H1Connection(self, key)
         tls = endpoint.ssl
         try:
             async with asyncio.timeout(self.connect_timeout or None):

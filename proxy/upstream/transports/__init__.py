@@ -28,6 +28,7 @@ Target choice, retries, passive health and ``outstanding`` live above the transp
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict
@@ -50,6 +51,7 @@ class TransportFailure(Exception):
         self.detail = detail
 
 
+@dataclass(slots=True, eq=False, repr=False)  # compared by identity; no headers in a repr
 class UpstreamRequest:
     """One request as the upstream is to get it (the same for every target tried).
 
@@ -58,37 +60,17 @@ class UpstreamRequest:
     WebSocket handshake: the subprotocols offered.
     """
 
-    __slots__ = (
-        "body",
-        "body_state",
-        "cache",
-        "extra",
-        "headers",
-        "host_header",
-        "method",
-        "path_qs",
-        "protocols",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        path_qs: str,
-        headers: CIMultiDict[str],
-        body: AsyncIterator[bytes] | None,
-        host_header: str | None,
-        body_state: BodyState,
-        protocols: list[str] | None = None,
-    ) -> None:
-        self.method = method
-        self.path_qs = path_qs
-        self.headers = headers
-        self.body = body
-        self.host_header = host_header
-        self.body_state = body_state
-        self.protocols = protocols
-        self.cache: Any = None  # what a transport prepares once for every attempt
-        self.extra = ""  # header lines of the current attempt only (its traceparent), CRLF-ended
+    method: str
+    path_qs: str
+    headers: CIMultiDict[str]
+    body: AsyncIterator[bytes] | None
+    host_header: str | None
+    body_state: BodyState
+    protocols: list[str] | None = None
+    # what a transport prepares once for every attempt
+    cache: Any = field(default=None, init=False)
+    # header lines of the current attempt only (its traceparent), CRLF-ended
+    extra: str = field(default="", init=False)
 
     @property
     def repeatable(self) -> bool:
