@@ -70,6 +70,14 @@ def _escape_starts(raw: str, index: int) -> bool:
     return (index - j) % 2 == 0
 
 
+def _past_comma(stack: list[bool], path: list[Step]) -> int:
+    """The mode after a comma: a key in an object, the next element (its index) in an array."""
+    if stack[-1]:
+        return _KEY
+    path[-1] += 1  # type: ignore[operator]
+    return _VALUE
+
+
 class JsonRewriter:
     """Streams one JSON document, rewriting the string values that the selectors pick.
 
@@ -219,13 +227,7 @@ class JsonRewriter:
                         stack.pop()
                         path.pop()
                     pos = m.end()
-                    if not comma:
-                        mode = _AFTER if stack else _END
-                    elif stack[-1]:
-                        mode = _KEY
-                    else:
-                        path[-1] += 1  # type: ignore[operator]
-                        mode = _VALUE
+                    mode = _past_comma(stack, path) if comma else _AFTER if stack else _END
                     close_ok = False
                     continue
             if mode == _STRING:
@@ -308,18 +310,22 @@ class JsonRewriter:
                 pos = _WS.match(buf, pos).end()
                 continue
 
+            if (
+                (c == "}" or c == "]")
+                and stack
+                and c == ("}" if stack[-1] else "]")
+                and (mode == _AFTER or (close_ok and mode == (_KEY if stack[-1] else _VALUE)))
+            ):  # the container closes: after a value, or right after it opened
+                stack.pop()
+                path.pop()
+                mode = _AFTER if stack else _END
+                pos += 1
+                continue
+
             if mode == _AFTER:
                 if c == ",":
-                    if stack[-1]:
-                        mode = _KEY
-                    else:
-                        path[-1] += 1  # type: ignore[operator]
-                        mode = _VALUE
+                    mode = _past_comma(stack, path)
                     close_ok = False
-                elif c == ("}" if stack[-1] else "]"):
-                    stack.pop()
-                    path.pop()
-                    mode = _AFTER if stack else _END
                 else:
                     raise self._error(f"{c!r} after a value", pos)
                 pos += 1
@@ -363,11 +369,6 @@ class JsonRewriter:
                         path.append(0)
                     close_ok = True
                     pos += 1
-                elif c == "]" and close_ok and not stack[-1]:
-                    stack.pop()
-                    path.pop()
-                    mode = _AFTER if stack else _END
-                    pos += 1
                 elif c in _LITERALS:
                     word = _LITERALS[c]
                     if buf.startswith(word, pos):
@@ -386,10 +387,6 @@ class JsonRewriter:
                     self._key_parts = []
                     self._key_bytes = 0
                     mode = _STRING
-                elif c == "}" and close_ok:
-                    stack.pop()
-                    path.pop()
-                    mode = _AFTER if stack else _END
                 else:
                     raise self._error(f"{c!r} where a key should be", pos)
                 pos += 1
