@@ -246,20 +246,18 @@ class AnthropicPolicy(_ObjectPolicy):
 
     def object_texts(self, obj: dict[str, Any]) -> Texts:
         kind = obj.get("type")
-        index = obj.get("index")
         if kind == "content_block_delta":
-            delta = obj.get("delta")
-            field = _DELTA_FIELDS.get(delta.get("type")) if isinstance(delta, dict) else None
-            value = _str(delta, field) if field else None
-            if value is not None:
-                return [(("delta", field), value, ("block", index))]
+            where, fields = "delta", _DELTA_FIELDS
         elif kind == "content_block_start":
-            block = obj.get("content_block")
-            field = _BLOCK_FIELDS.get(block.get("type")) if isinstance(block, dict) else None
-            value = _str(block, field) if field else None
-            if value is not None:
-                return [(("content_block", field), value, ("block", index))]
-        return []
+            where, fields = "content_block", _BLOCK_FIELDS
+        else:
+            return []
+        part = obj.get(where)  # the text is the field its type names
+        field = fields.get(part.get("type")) if isinstance(part, dict) else None
+        value = _str(part, field) if field else None
+        if value is None:
+            return []
+        return [((where, field), value, ("block", obj.get("index")))]
 
     def wholes(self, rec: Record) -> list[tuple[Path, str]]:
         obj = rec.obj
