@@ -193,7 +193,8 @@ class UpstreamTLS(_Model):
 
 class HealthCheck(_Model):
     path: AbsolutePath = "/"
-    """Path probed on every target; a status under 500 is healthy."""
+    """Path probed with `GET` on every target; a status under 500 is healthy, a 5xx, a refused
+    connection or no answer in `timeout` is not."""
     interval: Duration = 10.0
     """Time between probes."""
     timeout: Duration = 2.0
