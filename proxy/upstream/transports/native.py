@@ -144,8 +144,7 @@ class NativeResponse:
     def __init__(self, resp: H1Response) -> None:
         self._resp = resp
         self._read = resp.read
-        self.status = resp.status
-        self.reason = resp.reason
+        self.status, self.reason = resp.status, resp.reason
 
     @property
     def ready(self) -> bool:
