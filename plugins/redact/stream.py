@@ -71,7 +71,7 @@ class _Stage:
             # The cheap way first: where the lead finds nothing in the held text and the new,
             # or only a start cut by the end, everything before that start is decided.
             buf, cur = self._buf, self._cur
-            s = f"{buf[cur:]}{text}" if cur < len(buf) else text
+            s = buf[cur:] + text if cur < len(buf) else text
             m = lead.search(s)
             if m is None:
                 keep = len(s)
@@ -80,12 +80,17 @@ class _Stage:
             else:
                 keep = -1  # a start that may be a match: the patterns decide
             if keep >= 0 and len(s) - keep <= self._max:
-                cur += keep
-                start = max(0, cur - self._spec.context)
-                self._buf, self._cur = f"{buf}{text}"[start:], cur - start
+                context = self._spec.context
+                if keep >= context:  # the context kept lies in s: buf + text is not made
+                    self._buf, self._cur = s[keep - context :], context
+                else:
+                    cur += keep
+                    start = max(0, cur - context)
+                    self._buf, self._cur = f"{buf}{text}"[start:], cur - start
                 if keep:
                     self._must_advance = False
-                return s[:keep]
+                    return s[:keep] if keep < len(s) else s
+                return ""
         out: list[str] = []
         if self._overflow is not None:
             text = self._overflow_step(text, final=False)
