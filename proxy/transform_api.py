@@ -12,7 +12,10 @@ the end of the body is the end of the iteration, where a transform flushes what 
 A transform may also expose a synchronous per-body stream: ``open(ctx)`` returning an object
 with ``feed(bytes) -> bytes`` and ``close() -> bytes`` that produce exactly what ``__call__``
 would. The engine then drives it directly where it feeds many small texts (the values inside
-structured bodies); the built-in transforms do.
+structured bodies); the built-in transforms do. A stream whose ``takes_text`` is true (``redact``'s
+on a UTF-8 body) also has ``feed_text(str) -> str`` and ``close_text(str) -> str`` (a last
+piece in, the rest out), which do the same on text: when every stream of a chain takes text, a
+structured text goes through them with no encoding and decoding per piece.
 
 An *event transform* has ``events = True``: on a route whose text is ``sse`` it is called as
 ``transform(events, ctx)`` with an async iterator of :class:`Event` and returns one; the engine
