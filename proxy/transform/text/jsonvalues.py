@@ -118,7 +118,8 @@ def rewrite(doc: str, values: Mapping[Path, str], old: Mapping[Path, str] | None
     or ``\\/`` escapes every string is written exactly as ``json.dumps`` writes it, so a
     value's token is found by its text alone when that text occurs once.
     """
-    if old is not None and "\\u" not in doc and "\\/" not in doc:
+    # (one search for a backslash first: most documents have none, and it is a memchr)
+    if old is not None and ("\\" not in doc or ("\\u" not in doc and "\\/" not in doc)):
         out = doc
         for path, value in values.items():
             token = _quote(old[path])
@@ -126,7 +127,7 @@ def rewrite(doc: str, values: Mapping[Path, str], old: Mapping[Path, str] | None
             if at < 0 or out.find(token, at + 1) >= 0:
                 break
             new = _quote(value)
-            if _ESCAPED.search(new):
+            if not new.isascii() and _ESCAPED.search(new):  # isascii() reads a flag
                 new = _escape_special(new)
             out = f"{out[:at]}{new}{out[at + len(token) :]}"
         else:

@@ -6,7 +6,8 @@ every stage has a synchronous per-body stream (``open(ctx)`` with ``feed``/``clo
 built-in transforms do) the stages are driven directly, on the text itself when every stream
 ``takes_text``. Otherwise the chain of async generators is driven by hand: its source hands out
 the piece, and when the chain asks for the next one while none is there, everything it could
-release has been returned and it is waiting — that is where a piece's output ends. Anything else a transform awaits (a real future) is awaited.
+release has been returned and it is waiting — that is where a piece's output ends. Anything
+else a transform awaits (a real future) is awaited.
 """
 
 from __future__ import annotations
