@@ -268,7 +268,7 @@ class Relay:
             upstream_resp = await upstream.send(
                 request.method, path_qs, headers, body, host_header, body_state, trace=trace
             )
-            del headers  # sent: not kept for the life of the stream
+            del headers, body  # sent: not kept for the life of the stream
             rec.target = upstream_resp.target.origin
             if trace is not None:
                 trace.answered(upstream_resp.status)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -448,3 +450,41 @@ async def test_a_content_length_body_cut_short_over_several_reads_is_incomplete(
         assert await resp.read() == b"first"
         sent.set()
         await assert_cut(resp, b"second", error=BodyIncomplete)
+
+
+async def test_a_request_body_sent_in_full_leaves_no_task_behind_while_the_answer_streams() -> None:
+    go, release = asyncio.Event(), asyncio.Event()
+
+    async def reply(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await up.read_request(reader)
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n")
+        await w.drain()
+        assert await reader.readexactly(3) == b"abc"
+        await release.wait()
+        w.write(b"0\r\n\r\n")
+        await w.drain()
+        await reader.read()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"ab"
+        await go.wait()  # still sending when the answer's head is in
+        yield b"c"
+
+    async with pool_to(reply) as (pool, up):
+        head = b"POST / HTTP/1.1\r\nHost: up\r\nContent-Length: 3\r\n\r\n"
+        endpoint = Endpoint("127.0.0.1", up.port, None)
+        before = asyncio.all_tasks()
+        resp = await pool.request(KEY, endpoint, head, body(), False, False)
+        new = asyncio.all_tasks() - before
+        senders = [weakref.ref(t) for t in new if "send_body" in t.get_coro().__qualname__]
+        assert len(senders) == 1  # the body's sender, running
+        del new
+        go.set()
+        assert await resp.read() == b"hi"
+        await resp.settled()
+        gc.collect()
+        # an answer streaming for long after its request keeps nothing of the sending
+        assert [ref() for ref in senders] == [None]
+        release.set()
+        assert await body_of(resp) == b""
+        resp.release()

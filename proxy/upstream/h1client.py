@@ -332,6 +332,7 @@ class H1Connection(asyncio.Protocol):
             if resp.state == HEAD and resp._error is None:
                 self._time()  # the head is due within read_timeout of the body's end
             await self.drain()
+            resp._sender = None  # all sent: a long response keeps no finished task
         except Disconnected:
             pass  # connection_lost decides the response's fate
         except Exception as exc:
