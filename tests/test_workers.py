@@ -24,7 +24,11 @@ async def test_two_workers_share_the_port_add_up_metrics_and_drain_together(
     )
     try:
         requests = 40
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        # every request bounded: a request that hangs fails as itself, not as the test's timeout
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True),
+            timeout=aiohttp.ClientTimeout(total=15),
+        ) as s:
             for _ in range(requests):
                 async with s.get(f"http://127.0.0.1:{port}/") as r:
                     assert r.status == 200
