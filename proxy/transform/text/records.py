@@ -15,7 +15,6 @@ import copy
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from proxy.transform.text.errors import TextFormatError
 from proxy.transform.text.jsonvalues import load, parse, paths_of, rewrite, set_path
 from proxy.transform.text.selectors import Path, Selector
 from proxy.transform.text.sink import TextSink
@@ -157,10 +156,7 @@ class JsonTexts:
                 old[path] = value
         if not changed:
             return before, None
-        try:
-            doc = data.decode("utf-8")
-        except UnicodeDecodeError:  # pragma: no cover - parse() read it as UTF-8
-            raise TextFormatError("the data is not UTF-8") from None
+        doc = data.decode("utf-8")  # parse() read it as UTF-8
         return before, rewrite(doc, changed, old).encode("utf-8")
 
     async def _close(self, key: Key, before: list[Record]) -> None:

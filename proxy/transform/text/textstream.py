@@ -51,8 +51,8 @@ class _SyncText:
 
     __slots__ = ("_decoder", "streams")
 
-    def __init__(self, transforms: Sequence[Any], ctx: TransformContext) -> None:
-        self.streams = [t.open(ctx) for t in transforms]
+    def __init__(self, streams: list[Any]) -> None:
+        self.streams = streams
         # made only once some output is not whole UTF-8 (a character cut, a lone surrogate)
         self._decoder: codecs.IncrementalDecoder | None = None
 
@@ -201,11 +201,10 @@ def open_text(
 ) -> _PlainText | _SyncText | _AsyncText:
     """A new text through ``transforms`` (the chain's callables, in order)."""
     if all(callable(getattr(t, "open", None)) for t in transforms):
-        text = _SyncText(transforms, ctx)
-        streams = text.streams
+        streams = [t.open(ctx) for t in transforms]
         if all(getattr(s, "takes_text", False) for s in streams):
             return _PlainText(streams)
-        return text
+        return _SyncText(streams)
     return _AsyncText(transforms, ctx)
 
 
