@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from .conftest import start_proxy_process, stop_process
 from .support.common import assert_the_stream_ends_whole, demo_config, demo_log_stream
@@ -53,5 +56,38 @@ async def test_two_workers_share_the_port_add_up_metrics_and_drain_together(
             assert r.status == 503
             await assert_the_stream_ends_whole(stream)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        await stop_process(proc)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()]
+
+
+async def _exited(pid: int) -> None:
+    """Until the process ``pid`` (not a child of this one) has exited: its pidfd turns readable."""
+    fd = os.pidfd_open(pid)
+    done = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+async def test_workers_drain_and_exit_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    config, _, _ = demo_config(tmp_path, workers=2, grace="2s")
+    proc = await start_proxy_process(config, listeners=3)
+    try:
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        proc.kill()  # no SIGTERM to forward: the workers are on their own
+        await proc.wait()
+        # each worker drains and exits, instead of serving on with no supervisor
+        await asyncio.wait_for(asyncio.gather(*(_exited(pid) for pid in workers)), 20)
     finally:
         await stop_process(proc)

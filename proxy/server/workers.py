@@ -26,6 +26,7 @@ from proxy.server.listener import PORT_ENV, ProxyServer
 
 log = logging.getLogger("proxy.workers")
 WORKER_ENV = "PROXY_WORKER"
+SUPERVISOR_ENV = "PROXY_SUPERVISOR"  # a worker's supervisor's pid
 
 
 def _event_loop_runner() -> asyncio.Runner:
@@ -55,12 +56,30 @@ async def _serve(config: Config, path: str, role: str) -> None:
     server = ProxyServer(config, path, reuse_port=role == "worker", role=role)
     server.install_signal_handlers()  # before listening: a signal must never find the default
     await server.start()
+    if role == "worker":
+        _drain_when_orphaned(server)
     # What start-up made (modules, config, compiled patterns) lives as long as the process:
     # collected once, then kept out of the collector's sight, so that a full collection in the
     # middle of streaming walks only what the streams made (about 50 ms less per collection).
     gc.collect()
     gc.freeze()
     await server.stopped.wait()
+
+
+def _drain_when_orphaned(server: ProxyServer) -> None:
+    """A worker whose supervisor is gone without draining it (killed outright, say) drains
+    and exits as on SIGTERM, instead of serving on unsupervised: Linux sends it SIGTERM when
+    its parent dies (``PR_SET_PDEATHSIG``); a parent gone already is seen by its pid."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if str(os.getppid()) != os.environ.get(SUPERVISOR_ENV):
+        log.warning("the supervisor is gone: draining")
+        server.stop()
 
 
 class Supervisor:
@@ -72,7 +91,12 @@ class Supervisor:
         self.stopping = False
 
     async def spawn(self, index: int) -> None:
-        env = {**os.environ, WORKER_ENV: str(index), PORT_ENV: str(self.port)}
+        env = {
+            **os.environ,
+            WORKER_ENV: str(index),
+            PORT_ENV: str(self.port),
+            SUPERVISOR_ENV: str(os.getpid()),
+        }
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "run", "-c", self.path, env=env
         )
