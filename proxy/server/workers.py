@@ -4,7 +4,7 @@ With more than one worker, this process becomes a supervisor: it resolves the po
 workers (each binds it with SO_REUSEPORT, so the kernel spreads connections over them), serves
 the admin listener (metrics added up over the workers through prometheus_client's multiprocess
 mode) and the demo upstream, restarts a worker that dies, forwards SIGHUP, and on SIGTERM/SIGINT
-drains them all before it exits.
+drains them all before it exits. A worker whose supervisor dies drains and exits.
 """
 
 from __future__ import annotations
