@@ -89,8 +89,7 @@ class _Stage:
                     self._buf, self._cur = f"{buf}{text}"[start:], cur - start
                 if keep:
                     self._must_advance = False
-                    return s[:keep] if keep < len(s) else s
-                return ""
+                return s[:keep]
         out: list[str] = []
         if self._overflow is not None:
             text = self._overflow_step(text, final=False)

@@ -49,10 +49,10 @@ def _encode(text: str) -> bytes:
 class _SyncText:
     """Every stage has ``open``: feed the streams one after the other."""
 
-    __slots__ = ("_decoder", "streams")
+    __slots__ = ("_decoder", "_streams")
 
     def __init__(self, streams: list[Any]) -> None:
-        self.streams = streams
+        self._streams = streams
         # made only once some output is not whole UTF-8 (a character cut, a lone surrogate)
         self._decoder: codecs.IncrementalDecoder | None = None
 
@@ -67,7 +67,7 @@ class _SyncText:
 
     async def feed(self, text: str) -> str:
         data = _encode(text)
-        for stream in self.streams:
+        for stream in self._streams:
             if not data:
                 return ""
             data = stream.feed(data)
@@ -75,7 +75,7 @@ class _SyncText:
 
     async def close(self) -> str:
         data = b""
-        for stream in self.streams:
+        for stream in self._streams:
             data = stream.feed(data) + stream.close() if data else stream.close()
         return self._decode(data, final=True)
 
