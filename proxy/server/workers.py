@@ -77,7 +77,8 @@ def _drain_when_orphaned(server: ProxyServer) -> None:
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    if str(os.getppid()) != os.environ.get(SUPERVISOR_ENV):
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor is not None and str(os.getppid()) != supervisor:
         log.warning("the supervisor is gone: draining")
         server.stop()
 
