@@ -146,6 +146,51 @@ def test_any_split_reads_as_the_whole_and_writes_back_byte_for_byte(data: st.Dat
     )
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_events_chunk_by_chunk_read_as_the_whole(data: st.DataObject) -> None:
+    """Each event its own chunk, as an upstream writes them (the reader's shortcut for a chunk
+    that is one whole event), some of them split again; mixed with every other kind of line."""
+    body = data.draw(streams())
+    whole = parse_all(body)
+    chunks: list[bytes] = []
+    for item in whole:
+        raw = item if isinstance(item, bytes) else item.raw
+        chunks.extend(data.draw(chunkings(raw)) if data.draw(st.booleans()) else [raw])
+    items = read(chunks)
+    assert join_items(items) == body
+    assert shape(items) == shape(whole)
+    assert our_events(items) == whatwg_events(body)
+
+
+def test_a_chunk_of_one_whole_event_is_read_at_once_and_within_max_event() -> None:
+    reader = SSEReader(20)
+    assert reader.feed(b"\xef\xbb\xbfdata: a\n\n")[1].data == b"a"  # past the BOM
+    (record,) = reader.feed(b'data: {"x":1}\n\n')
+    assert (record.data, record.lines, record.complete) == (
+        b'{"x":1}',
+        [b'data: {"x":1}\n', b"\n"],
+        True,
+    )
+    (record,) = reader.feed(b"data: \n\n")
+    assert record.data == b""
+    assert reader.feed(b"data: a\n") == []  # an event begun before it: not the shortcut
+    (record,) = reader.feed(b"data: b\n\n")
+    assert record.data == b"a\nb"
+    (record,) = reader.feed(b"data: c\r\r")  # a CR last: an LF may follow
+    (record,) = reader.feed(b"data: d\n\n")  # ... and did not: the CR was a line end alone
+    assert record.data == b"d"
+    fresh = SSEReader(20)
+    assert fresh.feed(b"data: a\n\n")[0].data == b"a"
+    (record,) = fresh.feed(b"\xef\xbb\xbfdata: b\n\n")  # a BOM past the start is no BOM
+    assert record.data is None
+    blank, record = reader.feed(b"\ndata: e\n\n")
+    assert isinstance(blank, SSERecord) and blank.lines == [b"\n"]  # an empty event
+    assert record.data == b"e"
+    with pytest.raises(TextFormatError):
+        reader.feed(b"data: " + b"x" * 20 + b"\n\n")
+
+
 @settings(max_examples=200, deadline=None)
 @given(streams(), st.text(max_size=12))
 def test_a_changed_event_keeps_its_other_lines_and_reads_back(body: bytes, new: str) -> None:

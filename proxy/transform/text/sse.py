@@ -31,9 +31,13 @@ class SSERecord:
 
     __slots__ = ("complete", "data", "lines", "name")
 
-    def __init__(self, lines: list[bytes], complete: bool) -> None:
+    def __init__(self, lines: list[bytes], complete: bool, data: bytes | None = None) -> None:
         self.lines = lines  # the last one is the blank line when complete
         self.complete = complete
+        if data is not None:  # the reader read it as the usual event
+            self.data = data
+            self.name = None
+            return
         if len(lines) == 2 and complete and lines[0].startswith(b"data: "):
             self.data = lines[0][6:].rstrip(b"\r\n")  # the usual event: one data line
             self.name = None
@@ -128,6 +132,18 @@ class SSEReader:
         self._started = False  # past a possible BOM
 
     def feed(self, chunk: bytes) -> list[bytes | SSERecord]:
+        if (
+            chunk[:6] == b"data: "
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk[-1:] == b"\n"
+            and self._started
+            and not self._buf
+            and not self._lines
+            and not self._skip_lf
+            and b"\r" not in chunk
+            and len(chunk) <= self._max
+        ):  # the usual chunk: one event of one data line, LF line ends, nothing before it
+            return [SSERecord([chunk[:-1], b"\n"], True, chunk[6:-2])]
         out: list[bytes | SSERecord] = []
         if not chunk:
             return out
