@@ -111,27 +111,32 @@ def select(obj: Any, selector: Selector, prefix: Path = ()) -> Iterator[tuple[Pa
             yield from select(obj[step], rest, (*prefix, step))
 
 
-def rewrite(doc: str, values: Mapping[Path, str], old: Mapping[Path, str] | None = None) -> str:
-    """``doc`` with the string at each path replaced (re-escaped); every other byte kept.
+def rewrite(
+    data: bytes, values: Mapping[Path, str], old: Mapping[Path, str] | None = None
+) -> bytes:
+    """The UTF-8 document ``data`` with the string at each path replaced (re-escaped); every
+    other byte kept.
 
     ``old`` (the values now at those paths) allows a shortcut: in a document without ``\\u``
     or ``\\/`` escapes every string is written exactly as ``json.dumps`` writes it, so a
-    value's token is found by its text alone when that text occurs once.
+    value's token is found by its text alone when that text occurs once (on the bytes: no
+    decoding and encoding of the whole document).
     """
     # (one search for a backslash first: most documents have none, and it is a memchr)
-    if old is not None and ("\\" not in doc or ("\\u" not in doc and "\\/" not in doc)):
-        out = doc
+    if old is not None and (b"\\" not in data or (b"\\u" not in data and b"\\/" not in data)):
+        out = data
         for path, value in values.items():
-            token = _quote(old[path])
+            token = _quote(old[path]).encode("utf-8")  # no lone surrogate without a \\u
             at = out.find(token)
             if at < 0 or out.find(token, at + 1) >= 0:
                 break
             new = _quote(value)
             if not new.isascii() and _ESCAPED.search(new):  # isascii() reads a flag
                 new = _escape_special(new)
-            out = f"{out[:at]}{new}{out[at + len(token) :]}"
+            out = b"".join((out[:at], new.encode("utf-8"), out[at + len(token) :]))
         else:
             return out
+    doc = data.decode("utf-8")
     trie: dict[Any, Any] = {}
     for path in values:
         node = trie
@@ -140,15 +145,15 @@ def rewrite(doc: str, values: Mapping[Path, str], old: Mapping[Path, str] | None
         node[_WANTED] = path
     spans: list[tuple[int, int, Path]] = []
     _walk(doc, _ws(doc, 0).end(), trie, spans)
-    out: list[str] = []
+    out_: list[str] = []
     pos = 0
     for start, end, path in sorted(spans):
-        out.append(doc[pos:start])
+        out_.append(doc[pos:start])
         ascii_only = "\\u" in doc[start:end]
-        out.append(dumps(values[path], ensure_ascii=ascii_only))
+        out_.append(dumps(values[path], ensure_ascii=ascii_only))
         pos = end
-    out.append(doc[pos:])
-    return "".join(out)
+    out_.append(doc[pos:])
+    return "".join(out_).encode("utf-8")
 
 
 def _walk(doc: str, idx: int, trie: dict[Any, Any], spans: list[tuple[int, int, Path]]) -> int:

@@ -59,6 +59,15 @@ class Policy:
         """One more record carrying ``text`` for ``key`` (``last`` carried its last value)."""
         raise NotImplementedError
 
+    def classify(
+        self, rec: Record
+    ) -> tuple[
+        list[tuple[Path, str, Key]], Callable[[Key], bool] | str | None, list[tuple[Path, str]]
+    ]:
+        """``(texts, ends, wholes)`` of a record at once (a policy may find all three in one
+        pass over it)."""
+        return self.texts(rec), self.ends(rec), self.wholes(rec)
+
 
 class FieldsPolicy(Policy):
     """``{format, fields, join}``: the selected values; with ``join`` one text per concrete
@@ -115,14 +124,12 @@ class JsonTexts:
         """``(records to write before it, its new data or None when unchanged)``."""
         if data[:1] != b"{" and data.strip() in SENTINELS:
             return await self.finish(), None
-        rec = Record(parse(data), name)
         policy = self.policy
-        texts = policy.texts(rec)
+        texts, ends, wholes = policy.classify(Record(parse(data), name))
         opened = self._open
-        ends = policy.ends(rec) if opened or texts else None
         before: list[Record] = []
         ending: set[Key] = set()
-        if ends is not None:
+        if ends is not None and (opened or texts):
             carried = {key for _, value, key in texts if value}
             for key in list(opened):
                 if ends == ALL or (callable(ends) and ends(key)):
@@ -149,15 +156,14 @@ class JsonTexts:
             if out != value:
                 changed[path] = out
                 old[path] = value
-        for path, value in policy.wholes(rec):
+        for path, value in wholes:
             out = await transform_whole(self._transforms, self._ctx, value)
             if out != value:
                 changed[path] = out
                 old[path] = value
         if not changed:
             return before, None
-        doc = data.decode("utf-8")  # parse() read it as UTF-8
-        return before, rewrite(doc, changed, old).encode("utf-8")
+        return before, rewrite(data, changed, old)  # parse() read it as UTF-8
 
     async def _close(self, key: Key, before: list[Record]) -> None:
         text = self._open.pop(key)
