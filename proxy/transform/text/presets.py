@@ -16,6 +16,7 @@ from proxy.transform.text.selectors import Path, Selector, parse_selector
 __all__ = ["PRESET_POLICIES", "REQUEST_FIELDS", "RESPONSE_FIELDS", "detect"]
 
 Texts = list[tuple[Path, str, Key]]
+Wholes = list[tuple[Path, str]]
 
 
 def _str(obj: Any, key: str) -> str | None:
@@ -122,11 +123,14 @@ def _chat(obj: dict[str, Any]) -> tuple[Texts, Callable[[Key], bool] | None]:
 
 
 class OpenAIPolicy(Policy):
-    __slots__ = ("_ends",)
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        # what a chunk's pass in texts() found it ends, for ends() on the same record
-        self._ends: tuple[Any, Callable[[Key], bool] | None] = (None, None)
+    def classify(self, rec: Record) -> tuple[Texts, Callable[[Key], bool] | str | None, Wholes]:
+        obj = rec.obj
+        if type(obj) is dict and not isinstance(obj.get("type"), str):
+            out, ends = _chat(obj)  # a Chat Completions chunk: texts and ends in one pass
+            return out, ends, []
+        return self.texts(rec), self.ends(rec), self.wholes(rec)
 
     def texts(self, rec: Record) -> Texts:
         obj = rec.obj
@@ -139,10 +143,7 @@ class OpenAIPolicy(Policy):
             if field is None or value is None:
                 return []
             return [(("delta",), value, _response_key(obj, field))]
-        out, ends = _chat(obj)
-        if out or ends is not None:
-            self._ends = (obj, ends)
-        return out
+        return _chat(obj)[0]
 
     def wholes(self, rec: Record) -> list[tuple[Path, str]]:
         obj = rec.obj
@@ -185,9 +186,7 @@ class OpenAIPolicy(Policy):
                 item_id = item.get("id") if isinstance(item, dict) else None
                 return lambda key: isinstance(key, tuple) and key[1] == item_id
             return None
-        seen, ends = self._ends
-        self._ends = (None, None)  # the record is not kept beyond its own turn
-        return ends if seen is obj else _chat(obj)[1]
+        return _chat(obj)[1]
 
     def remainder(self, key: Key, text: str, last: Record) -> Record:
         assert isinstance(key, tuple)
