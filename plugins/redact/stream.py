@@ -439,11 +439,13 @@ class RedactStream:
 
     def feed_text(self, text: str) -> str:
         """:meth:`feed` for a stream that :attr:`takes_text`: text in, text out."""
+        n = 0
         for stage in self.stages:
-            if not text:
-                break
-            text = stage.feed(text)
-        self._count()
+            if text:
+                text = stage.feed(text)
+            n += stage.redactions
+        if n > self.redactions:
+            self._counted(n)
         return text
 
     def close_text(self, text: str = "") -> str:
@@ -480,6 +482,10 @@ class RedactStream:
         for stage in self.stages:
             n += stage.redactions
         if n > self.redactions:
-            if self._ctx is not None:
-                self._ctx.count("redactions", n - self.redactions)
-            self.redactions = n
+            self._counted(n)
+
+    def _counted(self, n: int) -> None:
+        """``n`` redactions so far (more than were counted)."""
+        if self._ctx is not None:
+            self._ctx.count("redactions", n - self.redactions)
+        self.redactions = n
