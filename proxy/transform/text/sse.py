@@ -166,9 +166,12 @@ class SSEReader:
                 data = data[3:]
         pos = 0
         lines = self._lines
+        end = len(data)
         if not lines and b"\r" not in data:
             pos = self._whole_events(data, out)
-        end = len(data)
+            if pos == end:
+                self._buf = b""
+                return out
         for m in _LINE_END.finditer(data, pos):
             stop = m.end()
             line = data[pos:stop]
@@ -202,9 +205,13 @@ class SSEReader:
                 return pos
             if end + 2 - pos > limit:
                 raise TextFormatError(f"an event is longer than max_event ({limit} bytes)")
-            lines = data[pos : end + 1].splitlines(keepends=True)
-            lines.append(b"\n")
-            out.append(SSERecord(lines, True))
+            line = data[pos : end + 1]
+            if line[:6] == b"data: " and line.find(b"\n") == end - pos:  # one data line
+                out.append(SSERecord([line, b"\n"], True, line[6:-1]))
+            else:
+                lines = line.splitlines(keepends=True)
+                lines.append(b"\n")
+                out.append(SSERecord(lines, True))
             pos = end + 2
 
     def close(self) -> list[bytes | SSERecord]:
