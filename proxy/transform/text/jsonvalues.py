@@ -145,15 +145,15 @@ def rewrite(
         node[_WANTED] = path
     spans: list[tuple[int, int, Path]] = []
     _walk(doc, _ws(doc, 0).end(), trie, spans)
-    out_: list[str] = []
+    parts: list[str] = []
     pos = 0
     for start, end, path in sorted(spans):
-        out_.append(doc[pos:start])
+        parts.append(doc[pos:start])
         ascii_only = "\\u" in doc[start:end]
-        out_.append(dumps(values[path], ensure_ascii=ascii_only))
+        parts.append(dumps(values[path], ensure_ascii=ascii_only))
         pos = end
-    out_.append(doc[pos:])
-    return "".join(out_).encode("utf-8")
+    parts.append(doc[pos:])
+    return "".join(parts).encode("utf-8")
 
 
 def _walk(doc: str, idx: int, trie: dict[Any, Any], spans: list[tuple[int, int, Path]]) -> int:
