@@ -79,8 +79,15 @@ def _chat(obj: dict[str, Any]) -> tuple[Texts, Callable[[Key], bool] | None]:
     out: Texts = []
     finished: set[Any] = set()
     calls: dict[Any, set[Any]] = {}  # choice index -> tool calls this chunk carries
-    for p, choice in _dicts(obj.get("choices")):
-        i = _index(choice, p)
+    choices = obj.get("choices")
+    if type(choices) is not list:
+        return out, None
+    for p, choice in enumerate(choices):
+        if type(choice) is not dict:
+            continue
+        i = choice.get("index", p)  # as _index(), written out: this runs once an event
+        if type(i) is not int and not isinstance(i, int | str):
+            i = p
         if choice.get("finish_reason") is not None:
             finished.add(i)
         text = choice.get("text")
