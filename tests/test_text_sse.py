@@ -210,6 +210,34 @@ def test_a_changed_event_keeps_its_other_lines_and_reads_back(body: bytes, new: 
         assert others(again.lines) == others(item.lines)
 
 
+@st.composite
+def lf_streams(draw: st.DrawFn) -> bytes:
+    """LF line ends only, mostly the usual events (one data line and a blank line)."""
+    usual = st.builds(lambda v: f"data: {v}\n\n", _VALUE)
+    other = st.builds(lambda line: f"{line}\n", _LINE)
+    return "".join(draw(st.lists(st.one_of(usual, usual, other), max_size=16))).encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), st.text(max_size=12))
+def test_the_usual_events_read_and_write_as_their_lines(data: st.DataObject, new: str) -> None:
+    """The reader keeps a usual event's bytes unsplit: each record, read at once or in pieces,
+    is the event its lines make, and writes new data as that one does."""
+    body = data.draw(lf_streams())
+    value = new.encode("utf-8", "surrogatepass")
+    for chunks in ([body], data.draw(chunkings(body))):
+        for item in read(chunks):
+            if isinstance(item, bytes):
+                continue
+            from_lines = SSERecord(list(item.lines), item.complete)
+            assert (item.raw, item.data, item.name) == (
+                from_lines.raw,
+                from_lines.data,
+                from_lines.name,
+            )
+            assert item.with_data(value) == from_lines.with_data(value)
+
+
 def test_the_whatwg_cases() -> None:
     body = (
         b"\xef\xbb\xbf: comment\r\n"

@@ -29,15 +29,23 @@ _BOM = b"\xef\xbb\xbf"
 class SSERecord:
     """One event as read: its raw lines (terminators included) and its parsed fields."""
 
-    __slots__ = ("complete", "data", "lines", "name")
+    __slots__ = ("_lines", "_usual", "complete", "data", "name")
 
-    def __init__(self, lines: list[bytes], complete: bool, data: bytes | None = None) -> None:
-        self.lines = lines  # the last one is the blank line when complete
+    def __init__(
+        self,
+        lines: list[bytes] | None,
+        complete: bool,
+        data: bytes | None = None,
+        usual: bytes | None = None,
+    ) -> None:
+        self._lines = lines  # the last one is the blank line when complete
+        self._usual = usual  # the event's bytes when it is the usual one (its lines unsplit)
         self.complete = complete
         if data is not None:  # the reader read it as the usual event
             self.data = data
             self.name = None
             return
+        assert lines is not None
         if len(lines) == 2 and complete and lines[0].startswith(b"data: "):
             self.data = lines[0][6:].rstrip(b"\r\n")  # the usual event: one data line
             self.name = None
@@ -56,13 +64,30 @@ class SSERecord:
         self.data = None if data is None else b"\n".join(data)
         self.name = None if name is None else name.decode("utf-8", "replace")
 
+    @classmethod
+    def usual(cls, event: bytes) -> SSERecord:
+        """The usual event, ``data: <data>\\n\\n`` and no other line (the reader checked)."""
+        return cls(None, True, event[6:-2], event)
+
+    @property
+    def lines(self) -> list[bytes]:
+        lines = self._lines
+        if lines is None:
+            event = self._usual
+            assert event is not None
+            lines = self._lines = [event[:-1], b"\n"]
+        return lines
+
     @property
     def raw(self) -> bytes:
-        return b"".join(self.lines)
+        usual = self._usual
+        return usual if usual is not None else b"".join(self.lines)
 
     def with_data(self, data: bytes) -> bytes:
         """The event with new data: every other line as it came, the data lines in place of
         the first old one (after the last line when it had none)."""
+        if self._usual is not None and b"\n" not in data and b"\r" not in data:
+            return b"data: " + data + b"\n\n"
         lines = self.lines
         if (
             len(lines) == 2
@@ -70,7 +95,7 @@ class SSERecord:
             and lines[0].startswith(b"data: ")
             and b"\n" not in data
             and b"\r" not in data
-        ):  # the usual event: one data line and its blank line
+        ):  # one data line and its blank line
             return b"data: " + data + _terminator(lines[0]) + lines[1]
         new = _NEWLINES.split(data)
         out: list[bytes] = []
@@ -143,7 +168,7 @@ class SSEReader:
             and b"\r" not in chunk
             and len(chunk) <= self._max
         ):  # the usual chunk: one event of one data line, LF line ends, nothing before it
-            return [SSERecord([chunk[:-1], b"\n"], True, chunk[6:-2])]
+            return [SSERecord.usual(chunk)]
         out: list[bytes | SSERecord] = []
         if not chunk:
             return out
@@ -205,11 +230,11 @@ class SSEReader:
                 return pos
             if end + 2 - pos > limit:
                 raise TextFormatError(f"an event is longer than max_event ({limit} bytes)")
-            line = data[pos : end + 1]
-            if line[:6] == b"data: " and line.find(b"\n") == end - pos:  # one data line
-                out.append(SSERecord([line, b"\n"], True, line[6:-1]))
+            event = data[pos : end + 2]
+            if event[:6] == b"data: " and event.find(b"\n") == end - pos:  # one data line
+                out.append(SSERecord.usual(event))
             else:
-                lines = line.splitlines(keepends=True)
+                lines = event[:-1].splitlines(keepends=True)
                 lines.append(b"\n")
                 out.append(SSERecord(lines, True))
             pos = end + 2
