@@ -326,10 +326,14 @@ class Relay:
     ) -> TransformContext:
         metrics = self.metrics
         name = route.name
+        counter_of_route: Any = None  # the route's child of the counter, looked up once
 
         def sink(counter: str, n: int) -> None:
+            nonlocal counter_of_route
             if counter == "redactions":
-                metrics.redactions.labels(name).inc(n)
+                if counter_of_route is None:
+                    counter_of_route = metrics.redactions.labels(name)
+                counter_of_route.inc(n)
                 if trace is not None:
                     trace.redactions += n
 
