@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Hashable
-from typing import TYPE_CHECKING, cast
+from collections.abc import AsyncIterator, Callable, Hashable
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import httptools
 from multidict import CIMultiDict
@@ -125,6 +125,7 @@ class H1Response:
         "_waiter",
         "body_sent",
         "close_delimited",
+        "failure",
         "head_only",
         "headers",
         "keep_alive",
@@ -149,6 +150,8 @@ class H1Response:
         self._waiter: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None  # sends the request body
         self.body_sent = False  # the whole request body went to the socket
+        # what read() raises for an H1Error instead of it (its cause), when set
+        self.failure: Callable[[H1Error], BaseException] | None = None
 
     def take_headers(self) -> CIMultiDict[str]:
         """The response headers, handed over: the response keeps none (a stream can last for
@@ -168,12 +171,14 @@ class H1Response:
             if self.state == DONE:
                 return b""
             if self._error is not None:
-                raise self._error
+                self._raise(self._error)
             conn = self._conn
             assert conn is not None, "read() after release() or close()"
             waiter = self._waiter = conn.loop.create_future()
             try:
                 await waiter
+            except H1Error as exc:
+                self._raise(exc)
             finally:
                 self._waiter = None
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -183,6 +188,11 @@ class H1Response:
         if conn is not None and conn.paused:
             conn.resume()
         return data
+
+    def _raise(self, error: BaseException) -> NoReturn:
+        if self.failure is not None and isinstance(error, H1Error):
+            raise self.failure(error) from error
+        raise error
 
     def release(self) -> None:
         """The body was read to its end: the connection goes back to its pool if it can."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
@@ -137,13 +138,15 @@ def _failure(exc: H1Error) -> tuple[str, str]:
 class NativeResponse:
     """An :class:`H1Response` whose reads raise the proxy's errors."""
 
-    __slots__ = ("_read", "_resp", "reason", "status")
+    __slots__ = ("_resp", "read", "reason", "status")
 
     websocket = None
 
     def __init__(self, resp: H1Response) -> None:
         self._resp = resp
-        self._read = resp.read
+        resp.failure = read_failure
+        # the response's own read, which now raises the proxy's errors: no frame between
+        self.read: Callable[[], Awaitable[bytes]] = resp.read
         self.status, self.reason = resp.status, resp.reason
 
     @property
@@ -152,12 +155,6 @@ class NativeResponse:
 
     def take_headers(self) -> CIMultiDict[str]:
         return self._resp.take_headers()
-
-    async def read(self) -> bytes:
-        try:
-            return await self._read()
-        except H1Error as exc:
-            raise read_failure(exc) from exc
 
     def release(self) -> None:
         self._resp.release()
