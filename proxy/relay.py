@@ -45,9 +45,10 @@ from proxy.headers import (
 from proxy.metrics import Metrics
 from proxy.routing import Route, has_dot_segment
 from proxy.server.protocol import HeadWithBody, RelayedResponse
+from proxy.transform.body import UpstreamBody
 from proxy.transform.codecs import UnsupportedEncoding
 from proxy.transform.media import parse_content_type
-from proxy.transform.plan import BodyPlan, filter_accept_encoding, plan_body, upstream_body
+from proxy.transform.plan import BodyPlan, filter_accept_encoding, plan_body
 from proxy.transform.text.errors import TextFormatError
 from proxy.transform_api import TransformContext
 from proxy.upstream.group import BodyState, Exchange, limited_body
@@ -414,7 +415,7 @@ class Relay:
                     await write(chunk)
                     del chunk  # not kept while the next one is awaited
             else:
-                async for chunk in plan.chain(upstream_body(upstream_resp.read)):
+                async for chunk in plan.chain(UpstreamBody(upstream_resp.read)):
                     if chunk:
                         sent += len(chunk)
                         await write(chunk)

@@ -9,6 +9,7 @@ carrying what a transform still held), and each text must equal its reference.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from plugins.redact import redact_reference
 from plugins.tag_lines import tag_lines_reference
+from proxy.transform.body import UpstreamBody
 from proxy.transform.loader import TransformStage, build_stage
 from proxy.transform.text.engine import text_body
 from proxy.transform.text.errors import TextFormatError
@@ -92,8 +94,15 @@ async def run(
         for chunk in chunks:
             yield chunk
 
+    async def read() -> bytes:
+        return next(pieces, b"")
+
+    pieces = iter(chunks)
+    # an upstream's body (its read: b"" at the end) when no piece is empty, as the relay
+    # gives it; else any async iterator, empty pieces and all
+    body = UpstreamBody(read) if all(chunks) else source()
     out = b""
-    async for piece in text_body(source(), stages(*CHAINS[chain]), ctx, spec(text)):
+    async for piece in text_body(body, stages(*CHAINS[chain]), ctx, spec(text)):
         out += piece
     return out
 
@@ -506,6 +515,14 @@ async def test_fields_on_sse_join_or_not(join: bool, data: st.DataObject) -> Non
             for a, b in zip(sent["choices"], back["choices"], strict=True):
                 if "content" in a["delta"]:
                     assert b["delta"]["content"] == reference(a["delta"]["content"], "redact")
+
+
+@pytest.mark.parametrize("cuts", [[], [9], [9, 9]], ids=["whole", "in-two", "an-empty-piece"])
+async def test_an_event_cut_off_by_the_end_is_still_transformed(cuts: list[int]) -> None:
+    body = sse("first") + f"data: {SECRETS[0]}".encode()  # the last event: no blank line
+    bounds = [0, *cuts, len(body)]
+    out = await run([body[a:b] for a, b in itertools.pairwise(bounds)], "sse")
+    assert out == sse("first") + f"data: {reference(SECRETS[0], 'redact')}".encode()
 
 
 @SETTINGS

@@ -10,7 +10,7 @@ the chain is closed on every exit path by :meth:`BodyPlan.aclose`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from multidict import CIMultiDict
@@ -136,16 +136,6 @@ async def _encoded(source: AsyncIterator[bytes], coding: str) -> AsyncIterator[b
     tail = encoder.finish()
     if tail:
         yield tail
-
-
-async def upstream_body(read: Callable[[], Awaitable[bytes]]) -> AsyncIterator[bytes]:
-    """The upstream response body as it arrives (``read`` raises the proxy's own errors)."""
-    while True:
-        chunk = await read()
-        if not chunk:
-            return
-        yield chunk
-        del chunk  # not kept while the next one is awaited (an idle stream holds nothing)
 
 
 def filter_accept_encoding(value: str | None) -> str | None:

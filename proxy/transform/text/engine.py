@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple
 
+from proxy.transform.body import UpstreamBody
 from proxy.transform.text.errors import TextFormatError
 from proxy.transform.text.jsonstream import JsonArrayFramer, JsonRewriter
 from proxy.transform.text.jsonvalues import dumps
@@ -128,21 +129,31 @@ class _Batches:
     """What the reader makes of each chunk (all of it is handled, and written, in one go); the
     reader's last items at the end. A plain object, not a generator: one less frame a stream."""
 
-    __slots__ = ("_reader", "_source")
+    __slots__ = ("_read", "_reader", "_source")
 
     def __init__(self, source: Chunks, reader: SSEReader) -> None:
         self._source: Chunks | None = source.__aiter__()
+        # the upstream's own read when the source is its body (b"" at the end), else None
+        self._read = source.read if type(source) is UpstreamBody else None
         self._reader = reader
 
     def __aiter__(self) -> _Batches:
         return self
 
     async def __anext__(self) -> list[bytes | SSERecord]:
+        read = self._read
         while self._source is not None:
-            try:
-                chunk = await self._source.__anext__()
-            except StopAsyncIteration:
-                self._source = None
+            if read is not None:
+                chunk = await read()
+                ended = not chunk
+            else:
+                try:
+                    chunk = await self._source.__anext__()
+                    ended = False
+                except StopAsyncIteration:
+                    ended = True
+            if ended:
+                self._source = self._read = None
                 items = self._reader.close()
                 if items:
                     return items
