@@ -7,6 +7,8 @@ whole-body reference, and the stage must hold no more than the patterns would.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -91,3 +93,24 @@ def test_a_piece_no_match_can_start_in_passes_at_once() -> None:
     assert stream.feed(b"@x") == b""
     assert stream.feed(b".io!") == b"[REDACTED]!"
     assert stream.close() == b""
+
+
+def test_a_long_piece_skips_the_lead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lead is an ``re`` search over the whole piece: only short pieces are worth it, long
+    ones go to the prefilter (or the patterns) at once."""
+    transform = Redact(patterns=[r"(?i)pass=\S+", r"sk-[A-Za-z0-9]{4,}"])
+    read: list[int] = []
+    for spec in transform._specs:
+        lead = spec.lead
+
+        class Spy:
+            def search(self, text: str, lead: Any = lead) -> Any:
+                read.append(len(text))
+                return lead.search(text)
+
+        monkeypatch.setattr(spec, "lead", Spy())
+    body = "the word " * 100 + "PASS=x1 and sk-abcd "
+    stream = transform.open(make_ctx())
+    out = stream.feed(body.encode()) + stream.feed(b"tail") + stream.close()
+    assert out == redact_reference((body + "tail").encode(), [s.pattern for s in transform._specs])
+    assert read == [4, 4]  # the short piece only, once per stage

@@ -22,6 +22,9 @@ from proxy.transform_api import codec_for
 _BULK_MIN = 1024  # bulk replacement (re.subn) on at least this many characters of decided text
 _CUT_TRIES = 8  # steps back from the end looking for a place to end the bulk replacement
 SPARSE_CHARS = 3072  # fewer matches than one in this many characters: match by match
+# Pieces longer than this skip the lead check: an ``re`` search of a lead like
+# ``(?i)a(?:u(?:...|\Z)|\Z)`` tries every position (~40 MB/s), the prefilter reads GB/s
+LEAD_CHARS = 256
 
 
 class _Stage:
@@ -90,6 +93,10 @@ class _Stage:
                 if keep:
                     self._must_advance = False
                 return s[:keep]
+        return self.feed_long(text)
+
+    def feed_long(self, text: str) -> str:
+        """:meth:`feed` without the lead check (a long piece: the prefilter is faster)."""
         out: list[str] = []
         if self._overflow is not None:
             text = self._overflow_step(text, final=False)
@@ -440,10 +447,16 @@ class RedactStream:
     def feed_text(self, text: str) -> str:
         """:meth:`feed` for a stream that :attr:`takes_text`: text in, text out."""
         n = 0
-        for stage in self.stages:
-            if text:
-                text = stage.feed(text)
-            n += stage.redactions
+        if len(text) > LEAD_CHARS:
+            for stage in self.stages:
+                if text:
+                    text = stage.feed_long(text)
+                n += stage.redactions
+        else:
+            for stage in self.stages:
+                if text:
+                    text = stage.feed(text)
+                n += stage.redactions
         if n > self.redactions:
             self._counted(n)
         return text
