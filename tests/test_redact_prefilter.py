@@ -38,10 +38,15 @@ def assert_sound(pattern: str, text: str) -> None:
     if prefilter is None:
         return
     starts = prefilter.starts(text, 0, len(text))
-    if starts is None:  # too many candidates: re scans everything itself
-        return
+    data = text.encode("utf-8", "surrogatepass")
+    assert prefilter.starts(text, 0, len(text), data) == starts  # the text's bytes given
+    found = prefilter.finds(data)
     head = head_regex(pattern)
     expected = [q for q in range(len(text)) if head.match(text, q)]
+    assert found or not expected, (pattern, text, expected)
+    if starts is None:  # too many candidates: re scans everything itself
+        return
+    assert found or not starts, (pattern, text, starts)
     assert set(expected) <= set(starts), (pattern, text, expected, starts)
     assert starts == sorted(set(starts))
 
@@ -76,6 +81,8 @@ def test_a_head_matching_no_ascii_text_has_no_candidates_there():
     assert prefilter is not None and prefilter.source is None
     assert prefilter.starts("abc", 0, 3) == []
     assert prefilter.starts("aéx éy", 0, 6) == [1]  # scanned as UTF-8: character positions
+    assert not prefilter.finds(b"abc") and not prefilter.finds("aé éy".encode())
+    assert prefilter.finds("aéx".encode())
 
 
 NON_ASCII = ["é", "漢", "😀", "\u212a", "\u017f", "\udcff", "\u0661"]

@@ -163,6 +163,10 @@ def _collect(_id: int, start: int, end: int, _flags: int, hits: list[tuple[int, 
     return len(hits) > MAX_HITS  # True stops the scan
 
 
+def _stop(_id: int, _start: int, _end: int, _flags: int, _ctx: object) -> bool:
+    return True  # the first report is enough
+
+
 def compile_database(source: str, start_of_match: bool = True) -> Any:
     """A Hyperscan block-mode database of one pattern (``\\xHH`` escapes, bytes semantics);
     ``start_of_match`` makes its reports carry the leftmost start, not only the end."""
@@ -203,18 +207,34 @@ class Prefilter:
         self._ascii = _database(source)
         self._utf8 = _database(source_utf8)
 
-    def starts(self, text: str, begin: int, end: int) -> list[int] | None:
+    def finds(self, data: bytes) -> bool:
+        """Whether a match of the head may start anywhere in ``data`` (a text encoded as
+        UTF-8, ``surrogatepass``): False only where :meth:`starts` would find nothing."""
+        db = self._ascii if data.isascii() else self._utf8
+        if db is None:
+            return False
+        try:
+            db.scan(data, match_event_handler=_stop)
+        except hyperscan.ScanTerminated:
+            return True
+        return False
+
+    def starts(
+        self, text: str, begin: int, end: int, data: bytes | None = None
+    ) -> list[int] | None:
         """Every position in ``[begin, end)`` where a match of the head may start, ascending.
 
-        ``None`` when there are too many candidates to be worth it: then every position is
-        possible.
+        ``data``, when given, is ``text[begin:end]`` encoded as UTF-8 (``surrogatepass``)
+        already. ``None`` when there are too many candidates to be worth it: then every
+        position is possible.
         """
-        segment = text[begin:end]
         w = self.min_width
-        if segment.isascii():
+        if data is None:
+            data = text[begin:end].encode("utf-8", "surrogatepass")
+        if data.isascii():
             if self._ascii is None:
                 return []
-            hits = scan(self._ascii, segment.encode("ascii"))
+            hits = scan(self._ascii, data)
             if hits is None:
                 return None
             positions: set[int] = set()
@@ -223,7 +243,6 @@ class Prefilter:
             return sorted(positions)
         if self._utf8 is None:
             return []
-        data = segment.encode("utf-8", "surrogatepass")
         hits = scan(self._utf8, data)
         if hits is None:
             return None
