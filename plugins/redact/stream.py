@@ -95,13 +95,17 @@ class _Stage:
                 return s[:keep]
         return self.feed_long(text)
 
-    def feed_long(self, text: str) -> str:
-        """:meth:`feed` without the lead check (a long piece: the prefilter is faster)."""
+    def feed_long(self, text: str, data: bytes | None = None) -> str:
+        """:meth:`feed` without the lead check (a long piece: the prefilter is faster).
+
+        ``data``, when given, is the held text and ``text`` encoded as UTF-8, for the
+        prefilter."""
         out: list[str] = []
         if self._overflow is not None:
             text = self._overflow_step(text, final=False)
             if not text and self._overflow is not None:
                 return ""
+            data = None
         first = self._spec.first
         if first is not None and self._cur == len(self._buf) and first.search(text) is None:
             # nothing held and no match can start in the new text (a few characters of an LLM
@@ -114,7 +118,7 @@ class _Stage:
         sigma = _pick_sigma(buf, text)
         padded = f"{buf}{text}{sigma}"
         n = len(padded) - 1
-        cur = self._scan(out, padded, n, self._cur, self._spec.variant(sigma))
+        cur = self._scan(out, padded, n, self._cur, self._spec.variant(sigma), data)
         if n - cur > self._max:
             self._buf, self._cur = padded[:n], cur
             self._fail_closed(out)
@@ -122,6 +126,50 @@ class _Stage:
             start = max(0, cur - self._spec.context)
             self._buf, self._cur = padded[start:n], cur - start
         return "".join(out)
+
+    def feed_utf8(self, data: bytes | None, text: str | None) -> tuple[bytes | None, str | None]:
+        """:meth:`feed_long` of a long piece of a text with no lone surrogates, given as its
+        UTF-8 ``data`` or as ``text`` or both (None: not made); the output likewise.
+
+        Where the prefilter finds no start in the held text and the new, everything but
+        the last ``reach`` characters is decided without making the text: the bytes pass
+        on as they are, and only the characters near the end go through the patterns.
+        """
+        buf, cur = self._buf, self._cur
+        held = buf[cur:] if cur < len(buf) else ""
+        prefilter = self._spec.prefilter
+        if data is None and prefilter is not None and text is not None:
+            data = text.encode()
+        seg = held.encode() + data if held and data is not None else data
+        if (
+            seg is not None
+            and prefilter is not None
+            and self._overflow is None
+            and not self._dense
+            and not prefilter.finds(seg)
+        ):
+            context = self._spec.context
+            keep = self._spec.reach + context  # characters of the end read again
+            window = seg[-4 * keep :]  # a character is at most 4 bytes
+            skip = 0
+            while skip < 3 and skip < len(window) and window[skip] & 0xC0 == 0x80:
+                skip += 1  # the end of a character cut by the window
+            kept = window[skip:].decode()
+            if len(kept) > keep:
+                kept = kept[-keep:]
+                self._buf, self._cur, self._must_advance = kept, context, False
+                decided = seg[: len(seg) - len(kept[context:].encode())]
+                return decided + self.feed_long("").encode(), None
+        if text is None:
+            text = data.decode() if data is not None else ""
+        before = self.redactions
+        overflow = self._overflow is not None
+        out = self.feed_long(text, seg)
+        if seg is not None and self.redactions == before and not overflow:
+            # no replacement: the output is the start of the held text and the new
+            left = self._buf[self._cur :]
+            return (seg[: len(seg) - len(left.encode())] if left else seg), out
+        return None, out
 
     def flush(self, text: str = "") -> str:
         """The end of the text: everything held is decided now."""
@@ -135,15 +183,24 @@ class _Stage:
 
     # ---- deciding
 
-    def _scan(self, out: list[str], padded: str, n: int, cur: int, v: _Variant) -> int:
-        """Emit what is decided in ``padded[:n]`` (``padded[n]`` is the sentinel)."""
+    def _scan(
+        self,
+        out: list[str],
+        padded: str,
+        n: int,
+        cur: int,
+        v: _Variant,
+        data: bytes | None = None,
+    ) -> int:
+        """Emit what is decided in ``padded[:n]`` (``padded[n]`` is the sentinel; ``data``:
+        ``padded[cur:n]`` encoded as UTF-8, when known)."""
         spec = self._spec
         tail = max(cur, n - spec.reach)
         if cur < tail:
             prefilter = spec.prefilter
             starts = None
             if prefilter is not None and not (self._dense and spec.bulk):
-                starts = prefilter.starts(padded, cur, n)
+                starts = prefilter.starts(padded, cur, n, data)
                 if (
                     starts is not None
                     and spec.literal_prefix
@@ -362,6 +419,30 @@ class _Stage:
         return window[resume:]
 
 
+def _cut_character(data: bytes) -> int:
+    """Where a UTF-8 character cut by the end of ``data`` starts (``len(data)``: none is)."""
+    n = len(data)
+    if not n or data[-1] < 0x80:
+        return n
+    i = n - 1
+    while i > n - 4 and i > 0 and data[i] & 0xC0 == 0x80:
+        i -= 1
+    lead = data[i]
+    if lead < 0xC0 or lead >= 0xF8:
+        return n  # no lead byte: not UTF-8, which decoding tells
+    need = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+    return i if n - i < need else n
+
+
+def _encodes(text: str) -> bool:
+    """Whether ``text`` is valid UTF-8 once encoded (no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _pick_sigma(a: str, b: str) -> str:
     for sigma in _SIGMAS:
         if sigma not in a and sigma not in b:
@@ -395,11 +476,13 @@ class RedactStream:
     """One body: bytes in, bytes out (decoding, the chain of stages, encoding, counting)."""
 
     __slots__ = (
+        "_carry",
         "_codec",
         "_ctx",
         "_decoder",
         "_encoder",
         "_on_bytes",
+        "_utf8",
         "redactions",
         "stages",
         "takes_text",
@@ -409,8 +492,10 @@ class RedactStream:
         codec = codec_for(getattr(ctx, "charset", None))
         self._ctx = ctx
         self._codec = codec
-        # UTF-8 needs no codec objects while each piece is whole characters (they are made
-        # at the first one that is not); other charsets may keep a state between pieces
+        # UTF-8 needs no codec objects while the body is valid UTF-8 (a character cut between
+        # pieces waits in _carry; they are made at the first invalid byte); other charsets may
+        # keep a state between pieces
+        self._carry = b""
         self._decoder: codecs.IncrementalDecoder | None = None
         self._encoder: codecs.IncrementalEncoder | None = None
         if codec != "utf-8":
@@ -426,6 +511,9 @@ class RedactStream:
         self.redactions = 0
         # a UTF-8 text can be fed as it is (feed_text): the stages read text, not bytes
         self.takes_text = codec == "utf-8" and literal is None
+        # long pieces of valid UTF-8 go through the stages as bytes where they can
+        # (_Stage.feed_utf8): the text never holds a lone surrogate, nor may the replacement
+        self._utf8 = self.takes_text and _encodes(options.replacement)
 
     @property
     def held(self) -> list[int]:
@@ -438,11 +526,32 @@ class RedactStream:
                 data = literal.feed(data)
             self._count()
             return data
-        text = self.feed_text(self._decode(data))
+        if self._decoder is None:
+            whole, text = self._decode_utf8(data)
+            if whole is not None and self._utf8 and len(text) > LEAD_CHARS:
+                return self._feed_utf8(whole, text)
+        else:
+            text = self._decoder.decode(data)
+        text = self.feed_text(text)
         if not text:
             return b""
         encoder = self._encoder
         return text.encode("utf-8", "surrogateescape") if encoder is None else encoder.encode(text)
+
+    def _feed_utf8(self, data: bytes, text: str) -> bytes:
+        """A long piece of valid UTF-8 through the stages, as bytes where they can."""
+        n = 0
+        out: bytes | None = data
+        out_text: str | None = text
+        for stage in self.stages:
+            if out or out_text:
+                out, out_text = stage.feed_utf8(out, out_text)
+            n += stage.redactions
+        if n > self.redactions:
+            self._counted(n)
+        if out is None:
+            return out_text.encode() if out_text else b""
+        return out
 
     def feed_text(self, text: str) -> str:
         """:meth:`feed` for a stream that :attr:`takes_text`: text in, text out."""
@@ -468,14 +577,31 @@ class RedactStream:
         self._count()
         return text
 
+    def _decode_utf8(self, data: bytes) -> tuple[bytes | None, str]:
+        """The text of the carried bytes and ``data``, a character cut at the end carried on
+        to the next piece; with its bytes, or None where they are not valid UTF-8 (from then
+        on an incremental decoder reads the body)."""
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        cut = _cut_character(data)
+        if cut < len(data):
+            data, self._carry = data[:cut], data[cut:]
+        try:
+            return data, data.decode("utf-8")
+        except UnicodeDecodeError:
+            decoder = self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+            data += self._carry
+            self._carry = b""
+            return None, decoder.decode(data)
+
     def _decode(self, data: bytes, final: bool = False) -> str:
-        decoder = self._decoder
-        if decoder is None:
-            try:
-                return data.decode("utf-8")
-            except UnicodeDecodeError:  # a character cut, or bytes that are not UTF-8
-                decoder = self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-        return decoder.decode(data, final)
+        if self._decoder is None:
+            if not final:
+                return self._decode_utf8(data)[1]
+            carry, self._carry = self._carry + data, b""
+            return carry.decode("utf-8", "surrogateescape")  # a character cut by the end
+        return self._decoder.decode(data, final)
 
     def close(self) -> bytes:
         if self._on_bytes:
