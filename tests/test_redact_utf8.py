@@ -45,6 +45,8 @@ PATTERNS = [
     r"b$",
     r"漢(?=字)",
     r"[^ab\n]{3}c",
+    "abab",
+    "b c",
 ]
 TOKENS = ["a", "b", "c", "ab", "x", "é", "😀", "漢", "字", " ", "\n", "1234-", "123-45-", "-"]
 TOKENS += ["password=hunter2", "AKIA", "ghp_", "api_key=", "STRASSE=", "Straße=", "xoxb-"]
@@ -122,9 +124,10 @@ def test_characters_cut_between_long_pieces(size: int) -> None:
     assert stream.redactions == body.count(b"password=hunter2")
 
 
-def test_a_stage_with_no_start_passes_the_bytes_on(monkeypatch) -> None:
-    """Stages whose prefilter finds nothing make no text of a long piece: only the first
-    stage (which has a match) and the last characters of each stage are ever text."""
+@pytest.mark.parametrize("first", ["password=hunter2", r"password=\w+"])
+def test_a_stage_with_no_start_passes_the_bytes_on(monkeypatch, first: str) -> None:
+    """Stages whose prefilter finds nothing make no text of a long piece, nor does a literal:
+    only a regex with a match reads the text, the others their last characters."""
     fed: list[int] = []
     feed_long = redact_stream._Stage.feed_long
 
@@ -134,12 +137,15 @@ def test_a_stage_with_no_start_passes_the_bytes_on(monkeypatch) -> None:
 
     monkeypatch.setattr(redact_stream._Stage, "feed_long", spy)
     body = ("é😀 word " * 1000 + "password=hunter2 " + "word é " * 1000).encode()
-    stream = Redact(patterns=PATTERNS_10).open(make_ctx())
+    patterns = [first, *PATTERNS_10[1:]]
+    stream = Redact(patterns=patterns).open(make_ctx())
     out = stream.feed(body) + stream.close()
-    assert out == redact_reference(body, PATTERNS_10)
+    assert out == redact_reference(body, patterns)
     assert stream.redactions == 1
-    assert fed[0] > 10_000  # the first stage has a match: it reads the text
-    assert max(fed[1:]) == 0  # the others: only their held end, no new text
+    if first == PATTERNS_10[0]:  # a literal, on the bytes
+        assert len(fed) == 9 and max(fed) == 0
+    else:  # the regex has a match: it reads the text
+        assert len(fed) == 10 and fed[0] > 10_000 and max(fed[1:]) == 0
 
 
 @pytest.mark.parametrize(

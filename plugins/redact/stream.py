@@ -32,6 +32,7 @@ class _Stage:
 
     __slots__ = (
         "_buf",
+        "_bytes",
         "_cur",
         "_dense",
         "_expand",
@@ -56,6 +57,10 @@ class _Stage:
         self._template = replacement
         self._template_bytes = replacement.encode() if replacement.isascii() else None
         self._dense = False  # the last bulk replacement found dense matches: bulk again
+        # an ASCII literal on the bytes of a long piece (made at the first one)
+        self._bytes: LiteralStage | bool | None = spec.literal is not None and (
+            len(spec.literal) <= max_match
+        )
         self._buf = ""  # consumed context + held text
         self._cur = 0  # where the held text starts in _buf
         self._must_advance = False  # the last commit was an empty match ending at _cur
@@ -137,6 +142,10 @@ class _Stage:
         """
         buf, cur = self._buf, self._cur
         held = buf[cur:] if cur < len(buf) else ""
+        if self._bytes and self._overflow is None:
+            literal = self._literal_stage()
+            if literal is not None:
+                return self._literal_utf8(literal, data if data is not None else text.encode())
         prefilter = self._spec.prefilter
         if data is None and prefilter is not None and text is not None:
             data = text.encode()
@@ -150,16 +159,15 @@ class _Stage:
         ):
             context = self._spec.context
             keep = self._spec.reach + context  # characters of the end read again
-            window = seg[-4 * keep :]  # a character is at most 4 bytes
-            skip = 0
-            while skip < 3 and skip < len(window) and window[skip] & 0xC0 == 0x80:
-                skip += 1  # the end of a character cut by the window
-            kept = window[skip:].decode()
-            if len(kept) > keep:
-                kept = kept[-keep:]
+            kept = _last_chars(seg, len(seg), keep + 1)
+            if len(kept) > keep:  # and some before them: decided
+                kept = kept[1:]
                 self._buf, self._cur, self._must_advance = kept, context, False
-                decided = seg[: len(seg) - len(kept[context:].encode())]
-                return decided + self.feed_long("").encode(), None
+                end = kept[context:]
+                last = self.feed_long("")
+                if last == end:  # the end is decided too, and unchanged: the bytes as they are
+                    return seg, None
+                return seg[: len(seg) - len(end.encode())] + last.encode(), None
         if text is None:
             text = data.decode() if data is not None else ""
         before = self.redactions
@@ -170,6 +178,42 @@ class _Stage:
             left = self._buf[self._cur :]
             return (seg[: len(seg) - len(left.encode())] if left else seg), out
         return None, out
+
+    def _literal_stage(self) -> LiteralStage | None:
+        """The byte-level stage of an ASCII literal, made at the first long piece; None where
+        the replacement is not valid UTF-8."""
+        if isinstance(self._bytes, LiteralStage):
+            return self._bytes
+        match = self._spec.re.match(self._spec.literal or "")
+        assert match is not None
+        replacement = match.expand(self._template)
+        self._bytes = None
+        if _encodes(replacement):
+            literal = self._spec.literal
+            assert literal is not None
+            self._bytes = LiteralStage(literal.encode("ascii"), replacement.encode())
+        return self._bytes
+
+    def _literal_utf8(self, literal: LiteralStage, data: bytes) -> tuple[bytes | None, None]:
+        """A long piece through the literal on the bytes (an ASCII string is found in UTF-8
+        where it is in the text; the held text is the start of it, ASCII too)."""
+        buf, cur = self._buf, self._cur
+        literal._held = buf[cur:].encode("ascii")
+        before = literal.redactions
+        seg = literal._held + data if literal._held else data
+        out = literal.feed(data)
+        self.redactions += literal.redactions - before
+        held = literal._held
+        # the context kept: the characters before the held text, as the text path keeps them
+        context = self._spec.context
+        j = len(seg) - len(held)
+        kept = _last_chars(seg, j, context)
+        if len(kept) < context:  # the piece is shorter: the context before it too
+            kept = (buf[:cur] + kept)[-context:]
+        self._buf, self._cur = kept + held.decode("ascii"), len(kept)
+        if j:
+            self._must_advance = False
+        return out, None
 
     def flush(self, text: str = "") -> str:
         """The end of the text: everything held is decided now."""
@@ -432,6 +476,17 @@ def _cut_character(data: bytes) -> int:
         return n  # no lead byte: not UTF-8, which decoding tells
     need = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
     return i if n - i < need else n
+
+
+def _last_chars(data: bytes, end: int, count: int) -> str:
+    """The last ``count`` characters of the valid UTF-8 ``data[:end]`` (all, when fewer)."""
+    if count <= 0:
+        return ""
+    window = data[max(0, end - 4 * count) : end]  # a character is at most 4 bytes
+    skip = 0
+    while skip < 3 and skip < len(window) and window[skip] & 0xC0 == 0x80:
+        skip += 1  # the end of a character cut by the window
+    return window[skip:].decode()[-count:]
 
 
 def _encodes(text: str) -> bool:
