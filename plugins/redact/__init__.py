@@ -55,6 +55,16 @@ may end and start so that ``re.sub`` on the stretch alone gives what it gives in
 text), with the pattern compiled ``re.ASCII`` when the stretch is ASCII and that changes
 nothing (:func:`_ascii_form`); the stream goes back to the prefilter when matches thin out.
 
+Long pieces of UTF-8 (more than ``LEAD_CHARS`` characters; short ones, the tokens of a stream,
+get the lead check instead): a body that is valid UTF-8 (a character cut between two pieces
+waits for the next) goes through the stages as bytes where it can. A stage whose prefilter
+finds no start in its held text and the new piece passes the bytes on and decodes only its
+last ``reach`` characters (with the context before them) for the patterns to decide; an ASCII
+literal replaces on the bytes as a chain of literals does (:mod:`plugins.redact.literal`); only
+a stage that must match reads the text, and its output's bytes are the input's when it
+replaced nothing. One non-ASCII character makes a chunk's ``str`` four bytes a character:
+the stages that match nothing in it no longer encode, copy and search it each.
+
 Fail closed: when the held text of a stage grows beyond ``max_match`` characters it is replaced
 by the replacement (group references expanded as empty), counted as a redaction, and the stage
 goes into *overflow*: it keeps the first ``max_match`` characters of the runaway match plus the
