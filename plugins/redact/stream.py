@@ -611,16 +611,11 @@ class RedactStream:
     def feed_text(self, text: str) -> str:
         """:meth:`feed` for a stream that :attr:`takes_text`: text in, text out."""
         n = 0
-        if len(text) > LEAD_CHARS:
-            for stage in self.stages:
-                if text:
-                    text = stage.feed_long(text)
-                n += stage.redactions
-        else:
-            for stage in self.stages:
-                if text:
-                    text = stage.feed(text)
-                n += stage.redactions
+        feed = _Stage.feed_long if len(text) > LEAD_CHARS else _Stage.feed
+        for stage in self.stages:
+            if text:
+                text = feed(stage, text)
+            n += stage.redactions
         if n > self.redactions:
             self._counted(n)
         return text
@@ -650,13 +645,12 @@ class RedactStream:
             self._carry = b""
             return None, decoder.decode(data)
 
-    def _decode(self, data: bytes, final: bool = False) -> str:
+    def _decode_end(self) -> str:
+        """What is left to decode at the body's end (a character cut by it, say)."""
         if self._decoder is None:
-            if not final:
-                return self._decode_utf8(data)[1]
-            carry, self._carry = self._carry + data, b""
-            return carry.decode("utf-8", "surrogateescape")  # a character cut by the end
-        return self._decoder.decode(data, final)
+            carry, self._carry = self._carry, b""
+            return carry.decode("utf-8", "surrogateescape")
+        return self._decoder.decode(b"", True)
 
     def close(self) -> bytes:
         if self._on_bytes:
@@ -665,7 +659,7 @@ class RedactStream:
                 data = literal.flush(data)
             self._count()
             return data
-        text = self.close_text(self._decode(b"", final=True))
+        text = self.close_text(self._decode_end())
         encoder = self._encoder
         if encoder is None:
             return text.encode("utf-8", "surrogateescape")
