@@ -263,7 +263,7 @@ class Relay:
 
         upstream_resp: Exchange | None = None
         plan: BodyPlan | None = None
-        response: web.StreamResponse | None = None
+        response: RelayedResponse | None = None
         done = False
         try:
             upstream_resp = await upstream.send(
@@ -354,7 +354,7 @@ class Relay:
         upstream_resp: Exchange,
         rid: str,
         trace: Any = None,
-    ) -> tuple[web.StreamResponse, BodyPlan | None]:
+    ) -> tuple[RelayedResponse, BodyPlan | None]:
         if upstream_resp.status < 200:
             # A 1xx as the final answer (an upgrade nobody asked for, a status such as 099)
             # cannot be relayed as a response: the client could not parse it as one.
@@ -401,24 +401,26 @@ class Relay:
     async def _relay_body(
         self,
         upstream_resp: Exchange,
-        response: web.StreamResponse,
+        response: RelayedResponse,
         plan: BodyPlan | None,
         rec: AccessRecord,
     ) -> None:
-        write = response.write
+        send = response.send  # straight to the transport where it can (see RelayedResponse)
         sent = 0
         try:
             if plan is None:
                 read = upstream_resp.read
                 while chunk := await read():
                     sent += len(chunk)
-                    await write(chunk)
+                    if (pending := send(chunk)) is not None:
+                        await pending
                     del chunk  # not kept while the next one is awaited
             else:
                 async for chunk in plan.chain(UpstreamBody(upstream_resp.read)):
                     if chunk:
                         sent += len(chunk)
-                        await write(chunk)
+                        if (pending := send(chunk)) is not None:
+                            await pending
                     del chunk
         finally:
             rec.bytes_out = sent
