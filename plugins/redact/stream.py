@@ -37,6 +37,7 @@ class _Stage:
         "_dense",
         "_expand",
         "_keep",
+        "_lead",
         "_literal",
         "_max",
         "_must_advance",
@@ -50,6 +51,7 @@ class _Stage:
 
     def __init__(self, spec: _Spec, replacement: str, max_match: int) -> None:
         self._spec = spec
+        self._lead = spec.lead  # read at every piece: kept here, not looked up through spec
         self._max = max_match
         self._keep = max(max_match, spec.context)
         self._literal = _literal_replacement(spec.re, replacement)
@@ -74,7 +76,7 @@ class _Stage:
         return len(self._buf) - self._cur
 
     def feed(self, text: str) -> str:
-        lead = self._spec.lead
+        lead = self._lead
         if lead is not None and self._overflow is None:
             # The cheap way first: where the lead finds nothing in the held text and the new,
             # or only a start cut by the end, everything before that start is decided.
@@ -83,6 +85,10 @@ class _Stage:
             m = lead.search(s)
             if m is None:
                 keep = len(s)
+                context = self._spec.context
+                if keep >= context:  # the usual piece: nothing in it may start a match
+                    self._buf, self._cur, self._must_advance = s[keep - context :], context, False
+                    return s
             elif m.end(1) < 0 and m.end() == len(s):  # a start cut by the end: held
                 keep = m.start()
             else:
