@@ -106,6 +106,15 @@ class LiteralStage:
         """Bytes (here: characters, all ASCII) held back."""
         return len(self._held)
 
+    def feed_after(self, held: bytes, data: bytes) -> tuple[bytes, bytes]:
+        """:meth:`feed` of ``data`` with ``held`` in place of what this stage holds (a text
+        stage's own held text, handed over); the output, and what is held now (handed back:
+        the stage keeps nothing)."""
+        self._held = held
+        out = self.feed(data)
+        held, self._held = self._held, b""
+        return out, held
+
     def feed(self, data: bytes) -> bytes:
         if self._held:
             data = self._held + data

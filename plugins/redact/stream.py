@@ -204,12 +204,11 @@ class _Stage:
         """A long piece through the literal on the bytes (an ASCII string is found in UTF-8
         where it is in the text; the held text is the start of it, ASCII too)."""
         buf, cur = self._buf, self._cur
-        literal._held = buf[cur:].encode("ascii")
+        held = buf[cur:].encode("ascii")
         before = literal.redactions
-        seg = literal._held + data if literal._held else data
-        out = literal.feed(data)
+        seg = held + data if held else data
+        out, held = literal.feed_after(held, data)
         self.redactions += literal.redactions - before
-        held = literal._held
         # the context kept: the characters before the held text, as the text path keeps them
         context = self._spec.context
         j = len(seg) - len(held)
