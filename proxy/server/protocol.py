@@ -388,9 +388,10 @@ class RelayedResponse(web.StreamResponse):
 
         aiohttp internals: ``StreamWriter.write`` is two coroutines and about a dozen checks
         a chunk, a fifth of the relay's own time for the few hundred bytes of a token event.
-        This writes what ``_write_chunked_payload`` writes, counts ``output_size`` (the body
-        length of the access record) and ``buffer_size`` as ``_writelines`` does, and asks
-        for ``drain()`` past the same limit as ``write()``.
+        This writes what ``_write_chunked_payload`` writes, counts ``output_size`` (which
+        ``handle_error`` reads to tell that a response has started, and aiohttp's body length)
+        and ``buffer_size`` as ``_writelines`` does, and asks for ``drain()`` past the same
+        limit as ``write()``.
         """
         writer: Any = self._payload_writer
         if (
