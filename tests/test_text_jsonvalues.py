@@ -11,7 +11,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proxy.transform.text.errors import TextFormatError
-from proxy.transform.text.jsonvalues import load, parse, paths_of, rewrite, set_path
+from proxy.transform.text.jsonvalues import (
+    load,
+    parse,
+    paths_of,
+    rewrite,
+    rewrite_one,
+    set_path,
+)
 from proxy.transform.text.selectors import parse_selector
 
 _TEXT = st.text(max_size=6) | st.sampled_from(["x", "y", "index", '"', "\\", "\u2028", "é😀"])
@@ -51,6 +58,23 @@ def test_rewrite_changes_the_chosen_strings_and_nothing_else(data: st.DataObject
         out.decode("utf-8")  # always UTF-8
         if not new:
             assert out == doc.encode("utf-8")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_rewrite_one_is_rewrite_of_one_value(data: st.DataObject) -> None:
+    obj = data.draw(st.dictionaries(_TEXT, _VALUES, min_size=1, max_size=5))
+    paths = strings(obj)
+    if not paths:
+        obj["k"] = data.draw(_TEXT)
+        paths = strings(obj)
+    style = data.draw(st.sampled_from([{}, {"ensure_ascii": False}, {"separators": (",", ":")}]))
+    doc = json.dumps(obj, **style).encode("utf-8")
+    path = data.draw(st.sampled_from(paths))
+    value = data.draw(_TEXT)
+    out = rewrite_one(doc, path, value, _get(obj, path))
+    assert out == rewrite(doc, {path: value}, {path: _get(obj, path)})
+    assert out == rewrite(doc, {path: value})  # the shortcut writes what the long way writes
 
 
 def _get(obj: Any, path: tuple[Any, ...]) -> Any:

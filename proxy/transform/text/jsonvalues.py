@@ -20,7 +20,17 @@ import orjson
 from proxy.transform.text.errors import TextFormatError
 from proxy.transform.text.selectors import ANY, Path, Selector
 
-__all__ = ["dumps", "get_path", "load", "parse", "paths_of", "rewrite", "select", "set_path"]
+__all__ = [
+    "dumps",
+    "get_path",
+    "load",
+    "parse",
+    "paths_of",
+    "rewrite",
+    "rewrite_one",
+    "select",
+    "set_path",
+]
 
 _scan_once = scanner.make_scanner(decoder.JSONDecoder())
 _quote = json.encoder.encode_basestring  # a str as a JSON string, as json.dumps writes it
@@ -122,20 +132,14 @@ def rewrite(
     value's token is found by its text alone when that text occurs once (on the bytes: no
     decoding and encoding of the whole document).
     """
-    # (one search for a backslash first: most documents have none, and it is a memchr)
-    if old is not None and (b"\\" not in data or (b"\\u" not in data and b"\\/" not in data)):
-        out = data
+    if old is not None and _plain_strings(data):
+        out: bytes | None = data
         for path, value in values.items():
-            token = _quote(old[path]).encode("utf-8")  # no lone surrogate without a \\u
-            at = out.find(token)
-            if at < 0 or out.find(token, at + 1) >= 0:
+            out = _replace_token(out, old[path], value)
+            if out is None:
                 break
-            new = _quote(value)
-            if not new.isascii() and _ESCAPED.search(new):  # isascii() reads a flag
-                new = _escape_special(new)
-            out = b"".join((out[:at], new.encode("utf-8"), out[at + len(token) :]))
         else:
-            return out
+            return out  # type: ignore[return-value]
     doc = data.decode("utf-8")
     trie: dict[Any, Any] = {}
     for path in values:
@@ -154,6 +158,35 @@ def rewrite(
         pos = end
     parts.append(doc[pos:])
     return "".join(parts).encode("utf-8")
+
+
+def rewrite_one(data: bytes, path: Path, value: str, old: str) -> bytes:
+    """:func:`rewrite` of one value (``old``, now at ``path``, becomes ``value``): the usual
+    record's case, without the mappings."""
+    if _plain_strings(data):
+        out = _replace_token(data, old, value)
+        if out is not None:
+            return out
+    return rewrite(data, {path: value})
+
+
+def _plain_strings(data: bytes) -> bool:
+    """Whether every string of ``data`` is written as ``json.dumps`` writes it (no ``\\u`` or
+    ``\\/`` escape; one search for a backslash first: most documents have none)."""
+    return b"\\" not in data or (b"\\u" not in data and b"\\/" not in data)
+
+
+def _replace_token(data: bytes, old: str, value: str) -> bytes | None:
+    """``data`` with the string token of ``old`` written as ``value``; None unless that token
+    occurs exactly once."""
+    token = _quote(old).encode("utf-8")  # no lone surrogate without a \\u
+    at = data.find(token)
+    if at < 0 or data.find(token, at + 1) >= 0:
+        return None
+    new = _quote(value)
+    if not new.isascii() and _ESCAPED.search(new):  # isascii() reads a flag
+        new = _escape_special(new)
+    return b"".join((data[:at], new.encode("utf-8"), data[at + len(token) :]))
 
 
 def _walk(doc: str, idx: int, trie: dict[Any, Any], spans: list[tuple[int, int, Path]]) -> int:

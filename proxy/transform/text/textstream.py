@@ -65,13 +65,16 @@ class _SyncText:
                 decoder = self._decoder = _decoder()
         return decoder.decode(data, final)
 
-    async def feed(self, text: str) -> str:
+    def feed_now(self, text: str) -> str:
         data = _encode(text)
         for stream in self._streams:
             if not data:
                 return ""
             data = stream.feed(data)
         return self._decode(data) if data else ""
+
+    async def feed(self, text: str) -> str:
+        return self.feed_now(text)
 
     async def close(self) -> str:
         data = b""
@@ -128,6 +131,8 @@ class _AsyncText:
 
     __slots__ = ("_decoder", "_done", "_out", "_source", "_step")
 
+    feed_now = None  # a piece's output may need awaiting: only feed()
+
     def __init__(self, transforms: Sequence[Any], ctx: TransformContext) -> None:
         self._source = _Source()
         it: AsyncIterator[bytes] = self._source
@@ -182,12 +187,15 @@ class _PlainText:
     def __init__(self, streams: list[Any]) -> None:
         self._streams = streams
 
-    async def feed(self, text: str) -> str:
+    def feed_now(self, text: str) -> str:
         for stream in self._streams:
             if not text:
                 return ""
             text = stream.feed_text(text)
         return text
+
+    async def feed(self, text: str) -> str:
+        return self.feed_now(text)
 
     async def close(self) -> str:
         text = ""
