@@ -244,7 +244,11 @@ async def _sse(
                     out.append(item.raw if new_data == data else item.with_data(new_data))
                     continue
                 try:
-                    before, changed = await texts.record(data, item.name)
+                    parsed = texts.quick(data, item.name)
+                    if type(parsed) is bytes:  # the usual event, done
+                        out.append(item.raw if parsed is data else item.with_data(parsed))
+                        continue
+                    before, changed = await texts.record(data, item.name, parsed)
                 except TextFormatError:
                     if item.complete:
                         raise
@@ -255,7 +259,7 @@ async def _sse(
                     out.append(data_event(_dump(rec.obj), rec.name))
                 out.append(item.raw if changed is None else item.with_data(changed))
             # what this batch read is not kept while the stream waits for the next one
-            items = item = data = changed = before = None  # type: ignore[assignment]
+            items = item = data = changed = before = parsed = None  # type: ignore[assignment]
         except TextFormatError:
             if out:
                 yield b"".join(out)  # the events before the one that failed
@@ -341,7 +345,11 @@ async def _ndjson(body: _Body, policy: Policy | None, *, sniff: bool = False) ->
             if not line.strip():
                 out.append(line + term)
                 continue
-            before, changed = await texts.record(line)
+            parsed = texts.quick(line)
+            if type(parsed) is bytes:  # the usual line, done (itself when unchanged)
+                out.append(parsed + term)
+                continue
+            before, changed = await texts.record(line, None, parsed)
             for rec in before:
                 out.append(_dump(rec.obj) + b"\n")
             out.append((line if changed is None else changed) + term)
@@ -420,7 +428,11 @@ async def _json_or_array(
         out: list[bytes] = []
         for kind, data in pieces:
             if kind == "element":
-                before, changed = await texts.record(data)
+                parsed = texts.quick(data)
+                if type(parsed) is bytes:  # the usual element, done (itself when unchanged)
+                    out.append(parsed)
+                    continue
+                before, changed = await texts.record(data, None, parsed)
                 out.extend(_dump(rec.obj) + b"," for rec in before)
                 out.append(data if changed is None else changed)
             elif b"]" in data:

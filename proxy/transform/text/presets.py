@@ -129,8 +129,39 @@ def _chat(obj: dict[str, Any]) -> tuple[Texts, Callable[[Key], bool] | None]:
     return out, ends
 
 
+_CONTENT = ("choices", 0, "delta", "content")
+_CONTENT_KEYS = {i: ("chat", i, "content") for i in range(8)}  # made once, not per event
+
+
 class OpenAIPolicy(Policy):
     __slots__ = ()
+
+    def usual(self, obj: Any) -> tuple[Path, str, Key] | None:
+        # A Chat Completions chunk of one choice whose delta carries content alone (no
+        # refusal, no tool calls, no finish): what _chat makes of it, read straight off.
+        if type(obj) is not dict or "type" in obj:
+            return None
+        choices = obj.get("choices")
+        if type(choices) is not list or len(choices) != 1:
+            return None
+        choice = choices[0]
+        if type(choice) is not dict or choice.get("finish_reason") is not None:
+            return None
+        delta = choice.get("delta")
+        if type(delta) is not dict or "text" in choice:
+            return None
+        content = delta.get("content")
+        if (
+            type(content) is not str
+            or delta.get("tool_calls") is not None
+            or type(delta.get("refusal")) is str
+        ):
+            return None
+        i = choice.get("index", 0)
+        if type(i) is not int:
+            return None
+        key = _CONTENT_KEYS.get(i)
+        return _CONTENT, content, key if key is not None else ("chat", i, "content")
 
     def classify(self, rec: Record) -> tuple[Texts, Callable[[Key], bool] | str | None, Wholes]:
         obj = rec.obj
@@ -247,8 +278,23 @@ _DELTA_FIELDS = {
 _DELTA_OF = {"text": "text_delta", "thinking": "thinking_delta", "partial_json": "input_json_delta"}
 
 
+_TEXT_DELTA = ("delta", "text")
+
+
 class AnthropicPolicy(_ObjectPolicy):
     __slots__ = ()
+
+    def usual(self, obj: Any) -> tuple[Path, str, Key] | None:
+        # a text_delta of a content block (no block starts, stops or messages)
+        if type(obj) is not dict or obj.get("type") != "content_block_delta":
+            return None
+        delta = obj.get("delta")
+        if type(delta) is not dict or delta.get("type") != "text_delta":
+            return None
+        value = delta.get("text")
+        if type(value) is not str:
+            return None
+        return _TEXT_DELTA, value, ("block", obj.get("index"))
 
     def object_texts(self, obj: dict[str, Any]) -> Texts:
         kind = obj.get("type")
@@ -301,8 +347,30 @@ class AnthropicPolicy(_ObjectPolicy):
 # -- Ollama ----------------------------------------------------------------------------------
 
 
+_MESSAGE_CONTENT = (("message", "content"), ("message", "content"))
+_RESPONSE = (("response",), ("response",))
+
+
 class OllamaPolicy(_ObjectPolicy):
     __slots__ = ()
+
+    def usual(self, obj: Any) -> tuple[Path, str, Key] | None:
+        # a chat chunk's message content, or a generate chunk's response, alone (no thinking,
+        # not done)
+        if type(obj) is not dict or obj.get("done") is True or type(obj.get("thinking")) is str:
+            return None
+        message = obj.get("message")
+        response = obj.get("response")
+        if type(message) is dict:
+            content = message.get("content")
+            if type(content) is str and type(response) is not str:
+                if type(message.get("thinking")) is str:
+                    return None
+                return _MESSAGE_CONTENT[0], content, _MESSAGE_CONTENT[1]
+            return None
+        if type(response) is str:
+            return _RESPONSE[0], response, _RESPONSE[1]
+        return None
 
     def object_texts(self, obj: dict[str, Any]) -> Texts:
         out: Texts = []

@@ -15,7 +15,14 @@ import copy
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from proxy.transform.text.jsonvalues import load, parse, paths_of, rewrite, set_path
+from proxy.transform.text.jsonvalues import (
+    load,
+    parse,
+    paths_of,
+    rewrite,
+    rewrite_one,
+    set_path,
+)
 from proxy.transform.text.selectors import Path, Selector
 from proxy.transform.text.sink import TextSink
 from proxy.transform.text.textstream import open_text, transform_whole
@@ -58,6 +65,13 @@ class Policy:
     def remainder(self, key: Key, text: str, last: Record) -> Record:
         """One more record carrying ``text`` for ``key`` (``last`` carried its last value)."""
         raise NotImplementedError
+
+    def usual(self, obj: Any) -> tuple[Path, str, Key] | None:
+        """``(path, value, key)`` when the parsed record ``obj`` is the policy's usual one (as a
+        token stream's deltas are): one value continuing one text, no text ending and no
+        whole value, so that :meth:`classify` would say ``([(path, value, key)], None, [])``;
+        None otherwise (the default: no record is)."""
+        return None
 
     def classify(
         self, rec: Record
@@ -118,14 +132,37 @@ class JsonTexts:
         self._ctx = ctx
         self._open: dict[Key, _Text] = {}
 
+    def quick(self, data: bytes, name: str | None = None) -> bytes | Record | None:
+        """:meth:`record` of the policy's usual record, when the text it continues is open and
+        its chain never awaits, without a coroutine: the record's new data (``data`` itself
+        when unchanged). Otherwise what :meth:`record` is to be given: the record parsed, or
+        None where it is not a JSON object."""
+        if data[:1] != b"{":
+            return None
+        obj = parse(data)
+        usual = self.policy.usual(obj)
+        if usual is not None:
+            path, value, key = usual
+            text = self._open.get(key)
+            if text is not None:
+                feed = text.stream.feed_now
+                if feed is not None:
+                    out = feed(value)
+                    text.data, text.name = data, name
+                    return data if out == value else rewrite_one(data, path, out, value)
+        return Record(obj, name)
+
     async def record(
-        self, data: bytes, name: str | None = None
+        self, data: bytes, name: str | None = None, rec: Record | None = None
     ) -> tuple[list[Record], bytes | None]:
-        """``(records to write before it, its new data or None when unchanged)``."""
-        if data[:1] != b"{" and data.strip() in SENTINELS:
-            return await self.finish(), None
+        """``(records to write before it, its new data or None when unchanged)``; ``rec``: the
+        record already parsed (by :meth:`quick`)."""
+        if rec is None:
+            if data[:1] != b"{" and data.strip() in SENTINELS:
+                return await self.finish(), None
+            rec = Record(parse(data), name)
         policy = self.policy
-        texts, ends, wholes = policy.classify(Record(parse(data), name))
+        texts, ends, wholes = policy.classify(rec)
         opened = self._open
         before: list[Record] = []
         ending: set[Key] = set()
