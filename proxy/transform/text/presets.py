@@ -130,7 +130,6 @@ def _chat(obj: dict[str, Any]) -> tuple[Texts, Callable[[Key], bool] | None]:
 
 
 _CONTENT = ("choices", 0, "delta", "content")
-_CONTENT_KEYS = {i: ("chat", i, "content") for i in range(8)}  # made once, not per event
 
 
 class OpenAIPolicy(Policy):
@@ -160,8 +159,7 @@ class OpenAIPolicy(Policy):
         i = choice.get("index", 0)
         if type(i) is not int:
             return None
-        key = _CONTENT_KEYS.get(i)
-        return _CONTENT, content, key if key is not None else ("chat", i, "content")
+        return _CONTENT, content, ("chat", i, "content")
 
     def classify(self, rec: Record) -> tuple[Texts, Callable[[Key], bool] | str | None, Wholes]:
         obj = rec.obj
@@ -347,8 +345,8 @@ class AnthropicPolicy(_ObjectPolicy):
 # -- Ollama ----------------------------------------------------------------------------------
 
 
-_MESSAGE_CONTENT = (("message", "content"), ("message", "content"))
-_RESPONSE = (("response",), ("response",))
+_MESSAGE_CONTENT = ("message", "content")  # the path of the value, and its text's key
+_RESPONSE = ("response",)
 
 
 class OllamaPolicy(_ObjectPolicy):
@@ -361,16 +359,14 @@ class OllamaPolicy(_ObjectPolicy):
             return None
         message = obj.get("message")
         response = obj.get("response")
-        if type(message) is dict:
-            content = message.get("content")
-            if type(content) is str and type(response) is not str:
-                if type(message.get("thinking")) is str:
-                    return None
-                return _MESSAGE_CONTENT[0], content, _MESSAGE_CONTENT[1]
+        if type(message) is not dict:
+            return (_RESPONSE, response, _RESPONSE) if type(response) is str else None
+        content = message.get("content")
+        if type(content) is not str or type(response) is str:
             return None
-        if type(response) is str:
-            return _RESPONSE[0], response, _RESPONSE[1]
-        return None
+        if type(message.get("thinking")) is str:
+            return None
+        return _MESSAGE_CONTENT, content, _MESSAGE_CONTENT
 
     def object_texts(self, obj: dict[str, Any]) -> Texts:
         out: Texts = []
